@@ -1,0 +1,1 @@
+"""compscale: the science library: representations, GMSE, scaling-law and capacity fits."""

@@ -1,0 +1,45 @@
+"""The `compscale` command: one argparse tree gathered from each layer's command module.
+
+Each module below exposes `register(subparsers)`; its handlers take the parsed args and return an
+exit code. Modules import torch and ray inside their handlers, so `compscale gmse` never starts Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "compscale.cli_gmse",
+    "compscale.cli_fit",
+    "workers.cli",
+    "orchestrator.cli_sweep",
+)
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compscale", description="Scaling-law sweeps over compressed representations."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError) as error:
+        print(f"compscale {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The resolved configuration of one cell: the contract between the orchestrator and the worker.
+
+A cell is (model, tokens, representation, seed, training hyper-parameters, data). Its id is a stable
+hash of this canonical, fully resolved config, so the same cell in two sweeps is the same cell and a
+changed hyper-parameter is a new cell. Presets resolve to explicit dimensions before hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BYTE_VOCAB = 256
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Frozen):
+    """A Llama-style decoder's shape. `ffn_hidden` defaults to 8/3 * d_model rounded up to 16."""
+
+    d_model: int = Field(gt=0)
+    n_layers: int = Field(gt=0)
+    n_heads: int = Field(gt=0)
+    ffn_hidden: int = Field(default=0, ge=0)
+    vocab_size: int = Field(default=BYTE_VOCAB, gt=0)
+    seq_len: int = Field(default=256, gt=0)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError("head dimension d_model / n_heads must be even for rotary embeddings")
+        if self.ffn_hidden == 0:
+            object.__setattr__(self, "ffn_hidden", 16 * math.ceil(8 * self.d_model / 3 / 16))
+        return self
+
+    @property
+    def non_embedding_params(self) -> int:
+        """Exact count of parameters outside the token embedding and the output head.
+
+        Per block: attention q, k, v, o (4 d^2), SwiGLU gate, up, down (3 d h), two RMSNorm
+        weights (2 d); plus the final RMSNorm (d). Rotary embeddings carry no parameters.
+        """
+        d, h = self.d_model, self.ffn_hidden
+        return self.n_layers * (4 * d * d + 3 * d * h + 2 * d) + d
+
+
+# Presets by non-embedding size. The small ones suit 2 CPU cores; 30m..200m follow QuEST's shapes.
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(d_model=32, n_layers=4, n_heads=2),
+    "100k": ModelConfig(d_model=48, n_layers=4, n_heads=3),
+    "200k": ModelConfig(d_model=64, n_layers=4, n_heads=4),
+    "400k": ModelConfig(d_model=96, n_layers=4, n_heads=6),
+    "800k": ModelConfig(d_model=128, n_layers=4, n_heads=8),
+    "30m": ModelConfig(d_model=640, n_layers=6, n_heads=5, seq_len=1024),
+    "50m": ModelConfig(d_model=768, n_layers=7, n_heads=6, seq_len=1024),
+    "100m": ModelConfig(d_model=1024, n_layers=8, n_heads=8, seq_len=1024),
+    "200m": ModelConfig(d_model=1280, n_layers=10, n_heads=10, seq_len=1024),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """Look up a size preset; the error lists the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+class TrainConfig(_Frozen):
+    """Optimiser and loop settings. Batch sizes are in sequences of `ModelConfig.seq_len` tokens."""
+
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, ge=0)
+    batch_size: int = Field(default=16, gt=0, description="global sequences per optimiser step")
+    micro_batch_size: int = Field(default=0, ge=0, description="per-rank sequences; 0 = no accumulation")
+    sparsity_ramp_fraction: float = Field(default=0.25, ge=0, le=1)
+    eval_every: int = Field(default=0, ge=0, description="steps between evaluations; 0 = at the end only")
+    eval_tokens: int = Field(default=65536, gt=0)
+    checkpoint_every: int = Field(default=0, ge=0, description="steps; 0 = no intermediate checkpoints")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+
+
+class DataConfig(_Frozen):
+    """Where tokens come from: `bundled` (the shipped byte-level corpus) or a shard directory/URI."""
+
+    source: str = "bundled"
+    val_fraction: float = Field(default=0.05, gt=0, lt=1)
+
+
+# Fields that change how a run is carried out but not its result; they stay out of the cell's id.
+_NOT_IDENTITY = {"world_size": True, "train": {"checkpoint_every", "eval_every"}}
+
+
+class CellConfig(_Frozen):
+    """One training run: what the orchestrator hands to `workers.run_cell`."""
+
+    model: ModelConfig
+    format: str
+    tokens: int = Field(gt=0, description="training tokens D")
+    seed: int = Field(default=0, ge=0)
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    world_size: int = Field(default=1, gt=0)
+
+    @property
+    def params(self) -> int:
+        return self.model.non_embedding_params
+
+    @property
+    def model_label(self) -> str:
+        """The preset name when the shape is a preset, else `d<width>l<depth>h<heads>`."""
+        for name, shape in PRESETS.items():
+            if shape == self.model:
+                return name
+        return f"d{self.model.d_model}l{self.model.n_layers}h{self.model.n_heads}"
+
+    def canonical_json(self) -> str:
+        """The identity of the cell: every field that changes the result, sorted, no labels."""
+        identity = self.model_dump(mode="json", exclude=_NOT_IDENTITY)
+        return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def cell_id(self) -> str:
+        """Readable prefix plus a content hash: `<model>-<format>-s<seed>-<hash12>`."""
+        digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+        slug = re.sub(r"[^A-Za-z0-9.+-]", "_", f"{self.model_label}-{self.format}-s{self.seed}")
+        return f"{slug}-{digest}"
