@@ -72,7 +72,9 @@ def preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+        raise ValueError(
+            f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}"
+        ) from None
 
 
 class TrainConfig(_Frozen):
@@ -86,17 +88,23 @@ class TrainConfig(_Frozen):
     beta2: float = Field(default=0.95, ge=0, lt=1)
     grad_clip: float = Field(default=1.0, ge=0)
     batch_size: int = Field(default=16, gt=0, description="global sequences per optimiser step")
-    micro_batch_size: int = Field(default=0, ge=0, description="per-rank sequences; 0 = no accumulation")
+    micro_batch_size: int = Field(
+        default=0, ge=0, description="per-rank sequences; 0 = no accumulation"
+    )
     sparsity_ramp_fraction: float = Field(default=0.25, ge=0, le=1)
-    eval_every: int = Field(default=0, ge=0, description="steps between evaluations; 0 = at the end only")
+    eval_every: int = Field(
+        default=0, ge=0, description="steps between evaluations; 0 = at the end only"
+    )
     eval_tokens: int = Field(default=65536, gt=0)
-    checkpoint_every: int = Field(default=0, ge=0, description="steps; 0 = no intermediate checkpoints")
+    checkpoint_every: int = Field(
+        default=0, ge=0, description="steps; 0 = no intermediate checkpoints"
+    )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
 
 
 class DataConfig(_Frozen):
-    """Where tokens come from: `bundled` (the shipped byte-level corpus) or a shard directory/URI."""
+    """Where tokens come from: `bundled` (the shipped byte-level corpus) or a shard dir / URI."""
 
     source: str = "bundled"
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
