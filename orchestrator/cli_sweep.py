@@ -1,7 +1,336 @@
-"""Placeholder until this layer's commands land."""
+"""Sweep commands: validate, plan, submit, status, rerun, query, cancel.
+
+The store is `--store`, else $COMPSCALE_STORE, else `./store`. Ray is imported only by the commands
+that run cells (submit, rerun), so validate / plan / status / query answer in well under a second.
+"""
+
+from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.driver import CellFunction, Planned
+    from orchestrator.spec import SweepSpec
+    from orchestrator.store import Store
+    from workers.config import CellConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the `compscale` parser."""
+    store_flag = argparse.ArgumentParser(add_help=False)
+    store_flag.add_argument(
+        "--store", help="results store: a path or pyarrow URI (default $COMPSCALE_STORE or ./store)"
+    )
+    runner = argparse.ArgumentParser(add_help=False)
+    runner.add_argument(
+        "--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded)"
+    )
+    runner.add_argument(
+        "--cell-fn",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="the cell function (default workers:run_cell; tests and benchmarks pass a double)",
+    )
+    runner.add_argument("--heartbeat-s", type=float, default=None, help=argparse.SUPPRESS)
+    runner.add_argument("--lease-s", type=float, default=None, help=argparse.SUPPRESS)
+
+    command = subparsers.add_parser("validate", help="check a sweep spec without running anything")
+    command.add_argument("spec", help="sweep YAML")
+    command.set_defaults(func=validate)
+
+    command = subparsers.add_parser(
+        "plan", parents=[store_flag], help="dry run: cells, N, D, FLOPs and skip/run per cell"
+    )
+    command.add_argument("spec", help="sweep YAML")
+    command.set_defaults(func=plan)
+
+    command = subparsers.add_parser(
+        "submit", parents=[store_flag, runner], help="run a sweep's cells on Ray"
+    )
+    command.add_argument("spec", help="sweep YAML")
+    command.add_argument("--detach", action="store_true", help="run the driver in the background")
+    command.set_defaults(func=submit)
+
+    command = subparsers.add_parser("status", parents=[store_flag], help="state of a sweep's cells")
+    command.add_argument("sweep", help="sweep name")
+    command.add_argument(
+        "--json", action="store_true", help="one JSON object per cell, with tracebacks"
+    )
+    command.set_defaults(func=status)
+
+    command = subparsers.add_parser(
+        "rerun", parents=[store_flag, runner], help="run a sweep's failed or chosen cells again"
+    )
+    command.add_argument("sweep", help="sweep name")
+    which = command.add_mutually_exclusive_group(required=True)
+    which.add_argument("--failed", action="store_true", help="every failed cell of the sweep")
+    which.add_argument(
+        "--cells", nargs="+", metavar="ID", help="these cells (not done ones: --force)"
+    )
+    command.add_argument("--force", action="store_true", help="rerun the given cells even if done")
+    command.set_defaults(func=rerun)
+
+    command = subparsers.add_parser(
+        "query", parents=[store_flag], help="DuckDB SQL over cells, status, events, losses, results"
+    )
+    command.add_argument("sql", help='e.g. "select format, avg(val_loss) from results group by 1"')
+    output = command.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    output.add_argument("--parquet", metavar="FILE", help="write the answer to a Parquet file")
+    command.set_defaults(func=query)
+
+    command = subparsers.add_parser("cancel", parents=[store_flag], help="stop a running sweep")
+    command.add_argument("sweep", help="sweep name")
+    command.set_defaults(func=cancel)
+
+
+# ---- helpers ----------------------------------------------------------------------
+def open_store(args: argparse.Namespace) -> Store:
+    from orchestrator.store import Store
+
+    return Store(args.store or os.environ.get("COMPSCALE_STORE") or "store")
+
+
+def load(spec_path: str) -> tuple[SweepSpec, str, list[CellConfig]]:
+    """The spec, its text and its cells; every spec error surfaces here, before Ray or the store."""
+    from orchestrator.cells import expand
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(spec_path)
+    return spec, Path(spec_path).read_text(), expand(spec, source=spec_path)
+
+
+def cell_function(spec: str | None) -> CellFunction | None:
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"--cell-fn: expected MODULE:FUNCTION, got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if value is None else str(value) for value in row))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _counts(planned: list[Planned]) -> str:
+    from collections import Counter
+
+    counts = Counter(item.action for item in planned)
+    return ", ".join(f"{action} {counts[action]}" for action in sorted(counts))
+
+
+# ---- handlers ----------------------------------------------------------------------
+def validate(args: argparse.Namespace) -> int:
+    spec, _, cells = load(args.spec)
+    extra = len(spec.extra_cells)
+    print(f"{args.spec}: sweep {spec.name!r} is valid: {len(cells)} cells ({extra} extra)")
+    return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    from orchestrator.cells import flops
+    from orchestrator.driver import plan as plan_cells
+
+    spec, _, cells = load(args.spec)
+    store = open_store(args)
+    planned = plan_cells(cells, store)
+    rows = [
+        [
+            item.cell.cell_id,
+            item.cell.params,
+            item.cell.tokens,
+            f"{item.cell.tokens / item.cell.params:.1f}",
+            f"{flops(item.cell):.3g}",
+            item.status.state,
+            item.action,
+        ]
+        for item in planned
+    ]
+    columns = ["cell", "N (params)", "D (tokens)", "D/N", "FLOPs (6ND)", "state", "action"]
+    _print_table(f"sweep {spec.name} in {store.uri}", columns, rows)
+    total = sum(flops(item.cell) for item in planned if item.action in ("run", "rerun"))
+    print(f"{len(cells)} cells: {_counts(planned)}; {total:.3g} FLOPs to run")
+    return 0
+
+
+def _run(
+    args: argparse.Namespace,
+    spec: SweepSpec,
+    store: Store,
+    planned: list[Planned],
+) -> int:
+    from orchestrator.driver import HEARTBEAT_S, LEASE_S, connect, drive
+    from orchestrator.progress import Progress
+
+    cell_fn = cell_function(args.cell_fn)
+    print(f"sweep {spec.name}: {len(planned)} cells: {_counts(planned)}; store {store.uri}")
+    if not any(item.action in ("run", "rerun", "wait") for item in planned):
+        print("nothing to run")
+        return 0
+    started_ray = connect(args.address)
+    try:
+        counts = drive(
+            spec.name,
+            planned,
+            store,
+            resources=spec.resources,
+            retries=spec.retries,
+            max_in_flight=spec.max_in_flight,
+            cell_fn=cell_fn,
+            heartbeat_s=args.heartbeat_s or HEARTBEAT_S,
+            lease_s=args.lease_s or LEASE_S,
+            progress=Progress(spec.name, len(planned)),
+        )
+    finally:
+        if started_ray or args.address:
+            import ray
+
+            ray.shutdown()
+    held = sum(item.action == "hold" for item in planned)
+    if held:
+        print(
+            f"{held} cells failed earlier and were not rerun: compscale rerun {spec.name} --failed"
+        )
+    return 1 if counts["failed"] or counts["cancelled"] else 0
+
+
+def submit(args: argparse.Namespace) -> int:
+    from orchestrator.driver import LEASE_S
+    from orchestrator.driver import plan as plan_cells
+
+    spec, text, cells = load(args.spec)
+    store = open_store(args)
+    if args.detach:
+        return _detach(args, spec.name, store)
+    for cell in cells:
+        store.put_cell(cell)
+    store.put_sweep(spec.name, text, [cell.cell_id for cell in cells])
+    return _run(args, spec, store, plan_cells(cells, store, lease_s=args.lease_s or LEASE_S))
+
+
+def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
+    """Start this same submit, without --detach, as a background process that outlives the shell."""
+    command = [sys.executable, "-m", "orchestrator.cli", "submit", os.path.abspath(args.spec)]
+    command += ["--store", store.uri]
+    for flag in ("address", "cell_fn", "heartbeat_s", "lease_s"):
+        if getattr(args, flag):
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    local = "://" not in store.uri
+    log = Path(store.root, "sweeps", name, "driver.log") if local else Path(f"{name}-driver.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    print(f"sweep {name}: driver started in the background, pid {process.pid}, log {log}")
+    print(f"watch it with: compscale status {name} --store {store.uri}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from orchestrator.driver import LEASE_S
+
+    store = open_store(args)
+    statuses = [store.status(cell_id) for cell_id in store.manifest(args.sweep)]
+    if args.json:
+        for item in statuses:
+            state = "running (lease expired)" if item.is_stale(LEASE_S) else item.state
+            print(json.dumps(item.event | {"cell_id": item.cell_id, "state": state}, default=str))
+        return 0
+    rows = []
+    for item in statuses:
+        state = f"{item.state} (lease expired)" if item.is_stale(LEASE_S) else item.state
+        error = item.event.get("error_class")
+        detail = f"{error}: {item.event.get('message', '')}" if error else ""
+        rows.append([item.cell_id, state, item.attempt, item.event.get("host"), detail])
+    _print_table(f"sweep {args.sweep}", ["cell", "state", "attempt", "host", "error"], rows)
+    for item in statuses:
+        if item.state == "failed" and item.event.get("traceback"):
+            print(f"\n--- {item.cell_id}, attempt {item.attempt} ---\n{item.event['traceback']}")
+    counts = Counter(item.state for item in statuses)
+    print(", ".join(f"{state} {count}" for state, count in sorted(counts.items())))
+    return 0
+
+
+def rerun(args: argparse.Namespace) -> int:
+    from orchestrator.cells import expand
+    from orchestrator.driver import LEASE_S
+    from orchestrator.driver import plan as plan_cells
+    from orchestrator.spec import parse_spec
+
+    store = open_store(args)
+    source = f"{store.uri}/sweeps/{args.sweep}/spec.yaml"
+    spec = parse_spec(store.spec_text(args.sweep), source=source)
+    members = set(store.manifest(args.sweep))
+    cells = [cell for cell in expand(spec, source=source) if cell.cell_id in members]
+    if args.cells:
+        unknown = sorted(set(args.cells) - members)
+        if unknown:
+            raise ValueError(f"--cells: {unknown[0]} is not a cell of sweep {args.sweep}")
+        cells = [cell for cell in cells if cell.cell_id in set(args.cells)]
+    force = args.cells if args.force and args.cells else ()
+    planned = plan_cells(
+        cells, store, rerun_failed=True, force=force, lease_s=args.lease_s or LEASE_S
+    )
+    if args.failed:
+        planned = [item for item in planned if item.status.state == "failed"]
+    return _run(args, spec, store, planned)
+
+
+def query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    store = open_store(args)
+    try:
+        relation = store.query(args.sql)
+    except duckdb.Error as error:
+        raise ValueError(str(error).splitlines()[0]) from None
+    if relation is None:
+        return 0
+    if args.parquet:
+        relation.to_parquet(args.parquet)
+        print(f"wrote {args.parquet}")
+    elif args.csv:
+        relation.df().to_csv(sys.stdout, index=False)
+    else:
+        frame = relation.df()
+        _print_table(args.sql, list(frame.columns), frame.values.tolist())
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    cell_ids = store.manifest(args.sweep)
+    store.request_cancel(args.sweep)
+    queued = 0
+    for cell_id in cell_ids:
+        if store.status(cell_id).state == "pending":
+            store.record(cell_id, "cancelled", 0, message="cancelled before it started")
+            queued += 1
+    print(
+        f"sweep {args.sweep}: cancel requested; {queued} queued cells cancelled; "
+        "a running driver stops its cells within a second"
+    )
+    return 0

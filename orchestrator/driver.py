@@ -1,0 +1,350 @@
+"""The Ray driver: runs a sweep's cells as Ray tasks and keeps all of its state in the store.
+
+Each cell is one Ray task (`execute_cell`) that records `running` (host, pid, attempt), renews a
+heartbeat lease while the cell function runs, and records `done`, or `failed` with the error class,
+message and traceback. A cell of world size k > 1 runs its cell function in k Ray Train workers
+(TorchTrainer, DDP); world size 1 runs in the task itself (TorchTrainer costs ~14 s to start here).
+
+Failures: Ray retries a task whose worker process died (SIGKILL, lost node) up to the spec's
+`retries` (`max_retries`); the driver resubmits a cell whose function raised, up to `retries` more
+times. Since the driver keeps nothing the store lacks, a killed driver restarted on the same spec
+skips done cells, reruns dead ones (a `running` cell whose lease expired) and waits for live ones.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.progress import Progress
+from orchestrator.spec import Resources
+from orchestrator.store import CellStatus, Store, utc_stamp
+from workers.config import CellConfig
+
+CellFunction = Callable[[CellConfig, str], dict]
+
+HEARTBEAT_S = 10.0  # seconds between lease renewals of a running cell
+LEASE_S = 60.0  # a running cell whose heartbeat is older than this is dead
+CANCEL_POLL_S = 1.0  # seconds between checks for a cancel request
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A cell with its state in the store and what the driver would do with it.
+
+    Actions: `skip` (done), `run` (never ran, cancelled, or its worker died), `rerun` (failed or
+    forced, when asked), `wait` (running under a live lease), `hold` (failed; needs `rerun`).
+    """
+
+    cell: CellConfig
+    status: CellStatus
+    action: str
+
+
+def plan(
+    cells: Iterable[CellConfig],
+    store: Store,
+    *,
+    rerun_failed: bool = False,
+    force: Iterable[str] = (),
+    lease_s: float = LEASE_S,
+) -> list[Planned]:
+    """Decide, from the store alone, what happens to each cell (one status read per cell)."""
+    forced = set(force)
+    planned = []
+    for cell in cells:
+        status = store.status(cell.cell_id)
+        if cell.cell_id in forced:
+            action = "rerun"
+        elif status.state == "done":
+            action = "skip"
+        elif status.state == "failed":
+            action = "rerun" if rerun_failed else "hold"
+        elif status.state == "running" and not status.is_stale(lease_s):
+            action = "wait"
+        else:
+            action = "run"
+        planned.append(Planned(cell, status, action))
+    return planned
+
+
+def default_cell_function() -> CellFunction:
+    from workers import run_cell
+
+    return run_cell
+
+
+def execute_cell(
+    cell_json: str, store_uri: str, cell_fn: CellFunction, heartbeat_s: float = HEARTBEAT_S
+) -> dict[str, Any]:
+    """The body of one cell's Ray task: status events and a heartbeat around the cell function.
+
+    Returns a small summary (tokens, tokens_per_s, wall_time_s), not the whole result row, so the
+    driver's memory does not grow with the number of cells.
+    """
+    store = Store(store_uri)
+    cell = CellConfig.model_validate_json(cell_json)
+    cell_id, host, pid = cell.cell_id, socket.gethostname(), os.getpid()
+    last = store.status(cell_id)
+    if last.state == "running":  # the previous attempt died without a word (SIGKILL, lost node)
+        store.record(
+            cell_id,
+            "failed",
+            last.attempt,
+            host=last.event.get("host"),
+            pid=last.event.get("pid"),
+            error_class="WorkerDied",
+            message=f"attempt {last.attempt} stopped reporting (process killed or node lost)",
+        )
+    attempt = store.next_attempt(cell_id)
+    store.record(cell_id, "running", attempt, host=host, pid=pid)
+    store.heartbeat(cell_id, attempt, host, pid)
+    stop = threading.Event()
+
+    def renew_lease() -> None:
+        while not stop.wait(heartbeat_s):
+            try:
+                store.heartbeat(cell_id, attempt, host, pid)
+            except OSError as error:  # a missed beat is survivable; the lease is generous
+                print(f"heartbeat of {cell_id} failed: {error}", file=sys.stderr)
+
+    threading.Thread(target=renew_lease, daemon=True, name=f"lease-{cell_id}").start()
+    started = time.perf_counter()
+    try:
+        result = cell_fn(cell, store_uri) or {}
+    except BaseException as error:
+        store.record(
+            cell_id,
+            "failed",
+            attempt,
+            host=host,
+            pid=pid,
+            error_class=type(error).__name__,
+            message=str(error),
+            traceback=traceback.format_exc(),
+        )
+        raise
+    finally:
+        stop.set()
+    wall = time.perf_counter() - started
+    store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall)
+    return {
+        "tokens": int(result.get("tokens", 0) or 0),
+        "tokens_per_s": float(result.get("tokens_per_s", 0.0) or 0.0),
+        "wall_time_s": wall,
+    }
+
+
+def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFunction:
+    """Run `cell_fn` in `cell.world_size` Ray Train workers, each in a torch process group."""
+
+    def run_ddp(cell: CellConfig, store_uri: str) -> dict:
+        import ray.train
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        def train_loop() -> None:
+            result = cell_fn(cell, store_uri) or {}
+            ray.train.report({k: v for k, v in result.items() if isinstance(v, (int, float))})
+
+        per_worker = {"CPU": resources.cpus} | ({"GPU": resources.gpus} if resources.gpus else {})
+        trainer = TorchTrainer(
+            train_loop,
+            scaling_config=ScalingConfig(
+                num_workers=cell.world_size,
+                use_gpu=resources.gpus > 0,
+                resources_per_worker=per_worker,
+            ),
+            run_config=RunConfig(name=f"{cell.cell_id}-{utc_stamp()}"),
+        )
+        return dict(trainer.fit().metrics or {})
+
+    return run_ddp
+
+
+def connect(address: str | None = None) -> bool:
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS, as under `ray job submit`), else start
+    an embedded local one on 127.0.0.1 with this machine's CPUs. Returns True if it started one."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, logging_level="WARNING")
+        return False
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="WARNING",
+    )
+    return True
+
+
+@dataclass
+class _InFlight:
+    cell: CellConfig
+    failures: int  # application errors of this cell in this run
+
+
+def drive(
+    sweep: str,
+    planned: list[Planned],
+    store: Store,
+    *,
+    resources: Resources,
+    retries: int,
+    max_in_flight: int = 0,
+    cell_fn: CellFunction | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
+    lease_s: float = LEASE_S,
+    progress: Progress | None = None,
+) -> dict[str, int]:
+    """Run the planned cells on the connected Ray cluster; returns the final count per state.
+
+    Each completion costs O(1) store writes and no listing, so overhead is flat in the cell count.
+    Stops early, recording `cancelled`, when `compscale cancel` asks.
+    """
+    import ray
+    import ray.cloudpickle
+
+    cell_fn = cell_fn or default_cell_function()
+    module = getattr(cell_fn, "__module__", "") or ""
+    if (
+        module.split(".")[0] not in ("workers", "orchestrator", "__main__")
+        and module in sys.modules
+    ):
+        ray.cloudpickle.register_pickle_by_value(sys.modules[module])  # workers need not import it
+    ddp_fn = ddp_cell_function(cell_fn, resources)
+    task = ray.remote(execute_cell)
+    if max_in_flight <= 0:
+        slots = ray.cluster_resources().get("CPU", 1) / max(resources.cpus * 1, 0.5)
+        max_in_flight = max(2, int(2 * slots))
+
+    progress = progress or Progress(sweep, len(planned), quiet=True)
+    queue: deque[_InFlight] = deque()
+    waiting: dict[str, CellConfig] = {}
+    for item in planned:
+        if item.action in ("run", "rerun"):
+            queue.append(_InFlight(item.cell, 0))
+        elif item.action == "wait":
+            waiting[item.cell.cell_id] = item.cell
+    for state, action in (("skipped", "skip"), ("held", "hold")):
+        progress.set(state, sum(p.action == action for p in planned))
+    progress.set("pending", len(queue))
+    progress.set("waiting", len(waiting))
+
+    in_flight: dict[Any, _InFlight] = {}
+    counts = {"done": 0, "failed": 0, "cancelled": 0}
+    started = utc_stamp()
+    next_cancel_check = next_wait_check = 0.0
+
+    def submit(item: _InFlight) -> None:
+        cell = item.cell
+        store.record(cell.cell_id, "pending", 0, host=socket.gethostname(), pid=os.getpid())
+        if cell.world_size > 1:
+            options = {"num_cpus": 0, "num_gpus": 0}
+            function = ddp_fn
+        else:
+            options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
+            function = cell_fn
+        ref = task.options(
+            **options, max_retries=retries, retry_exceptions=False, name=cell.cell_id
+        ).remote(cell.model_dump_json(), store.uri, function, heartbeat_s)
+        in_flight[ref] = item
+        progress.move("pending", "running")
+
+    def finish(ref: Any) -> None:
+        item = in_flight.pop(ref)
+        cell_id = item.cell.cell_id
+        try:
+            summary = ray.get(ref)
+        except ray.exceptions.RayTaskError as error:  # the cell function raised; recorded already
+            item.failures += 1
+            kind = type(error.cause).__name__ if error.cause else "error"
+            if item.failures <= retries:
+                queue.append(item)
+                progress.move("running", "pending", f"retry {cell_id} after {kind}")
+            else:
+                counts["failed"] += 1
+                progress.move("running", "failed", f"failed {cell_id}: {kind}")
+        except ray.exceptions.RayError as error:  # the worker died more often than Ray retries
+            status = store.status(cell_id)
+            store.record(
+                cell_id,
+                "failed",
+                status.attempt,
+                error_class=type(error).__name__,
+                message=str(error).splitlines()[0] if str(error) else "",
+            )
+            counts["failed"] += 1
+            progress.move("running", "failed", f"failed {cell_id}: {type(error).__name__}")
+        else:
+            counts["done"] += 1
+            progress.add_tokens(summary["tokens"])
+            progress.move("running", "done", f"done {cell_id} ({summary['wall_time_s']:.1f} s)")
+
+    try:
+        while queue or in_flight or waiting:
+            now = time.monotonic()
+            if now >= next_cancel_check:
+                next_cancel_check = now + CANCEL_POLL_S
+                if store.cancel_requested_since(sweep, started):
+                    _cancel(store, in_flight, queue, waiting, counts, progress)
+                    break
+            if waiting and now >= next_wait_check:  # cells another driver's worker holds
+                next_wait_check = now + min(lease_s / 4, 5.0)
+                for cell_id, cell in list(waiting.items()):
+                    status = store.status(cell_id)
+                    if status.state == "done":
+                        del waiting[cell_id]
+                        counts["done"] += 1
+                        progress.move("waiting", "done", f"done elsewhere {cell_id}")
+                    elif status.state != "running" or status.is_stale(lease_s):
+                        del waiting[cell_id]
+                        queue.append(_InFlight(cell, 0))
+                        progress.move("waiting", "pending", f"lease expired {cell_id}")
+            while queue and len(in_flight) < max_in_flight:
+                submit(queue.popleft())
+            if not in_flight:
+                time.sleep(0.2)
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=CANCEL_POLL_S)
+            if ready:
+                ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+            for ref in ready:
+                finish(ref)
+    finally:
+        progress.close()
+    return counts
+
+
+def _cancel(
+    store: Store,
+    in_flight: dict[Any, _InFlight],
+    queue: deque[_InFlight],
+    waiting: dict[str, CellConfig],
+    counts: dict[str, int],
+    progress: Progress,
+) -> None:
+    import ray
+
+    for ref, item in in_flight.items():
+        ray.cancel(ref, force=True)
+        store.record(item.cell.cell_id, "cancelled", 0, message="cancelled while running")
+        progress.move("running", "cancelled")
+    for item in queue:
+        store.record(item.cell.cell_id, "cancelled", 0, message="cancelled before it started")
+        progress.move("pending", "cancelled")
+    counts["cancelled"] += len(in_flight) + len(queue)
+    in_flight.clear()
+    queue.clear()
+    waiting.clear()

@@ -1,0 +1,375 @@
+"""The results store: the layout of docs/contracts.md on a local path or any pyarrow filesystem URI.
+
+Every file is written once under a temporary name and renamed into place, and state changes are new
+files (status events), so a crash leaves the old state or the new one and no file is rewritten by
+every task. The only rewritten files are per cell (its heartbeat) or per sweep (its manifest).
+Reads go through DuckDB views: `cells`, `status` (latest event per cell), `events` (all of them),
+`losses` (one row per step, highest attempt), `losses_raw` (every row), `results`, `sweeps`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from workers.config import CellConfig
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+
+STATES = ("pending", "running", "done", "failed", "cancelled")
+
+LOSS_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("attempt", pa.int32()),
+        ("step", pa.int64()),
+        ("tokens", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("lr", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("wall_time_s", pa.float64()),
+    ]
+)
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("model", pa.string()),
+        ("params", pa.int64()),
+        ("tokens", pa.int64()),
+        ("format", pa.string()),
+        ("seed", pa.int64()),
+        ("val_loss", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("steps", pa.int64()),
+        ("wall_time_s", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("hardware", pa.string()),
+        ("world_size", pa.int64()),
+        ("attempt", pa.int64()),
+        ("data_fingerprint", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+STATUS_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("state", pa.string()),
+        ("attempt", pa.int64()),
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+        ("error_class", pa.string()),
+        ("message", pa.string()),
+        ("traceback", pa.string()),
+    ]
+)
+
+VIEWS = ("cells", "status", "events", "losses_raw", "losses", "results", "sweeps")
+
+_EVENT_NAME = re.compile(r"^(?P<ts>\d{8}T\d{6}\.\d{6}Z)-a(?P<attempt>\d+)-(?P<state>[a-z]+)\.json$")
+_LOSS_PART = re.compile(r"/cells/[^/]+/losses/attempt-\d+/part-\d+\.parquet$")
+_RESULT = re.compile(r"/cells/[^/]+/result\.parquet$")
+
+
+def utc_stamp(moment: datetime | None = None) -> str:
+    """A UTC timestamp that sorts as text: `20261126T043129.123456Z`."""
+    return (moment or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    """What the store knows of one cell: its latest event, whether its result exists, its lease."""
+
+    cell_id: str
+    state: str  # one of STATES; "pending" when no event exists yet
+    attempt: int = 0
+    event: dict[str, Any] = field(default_factory=dict)
+    heartbeat_age_s: float | None = None  # seconds since the running attempt last reported
+
+    def is_stale(self, lease_s: float) -> bool:
+        """A `running` cell whose worker stopped reporting for longer than the lease is dead."""
+        return self.state == "running" and (
+            self.heartbeat_age_s is None or self.heartbeat_age_s > lease_s
+        )
+
+
+class Store:
+    """A results store rooted at a local path or a pyarrow filesystem URI (s3://, gs://, file://)."""
+
+    def __init__(self, uri: str | os.PathLike[str]):
+        text = os.fspath(uri)
+        if "://" in text:
+            self.fs, self.root = pafs.FileSystem.from_uri(text)
+            self.uri = text
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(text)
+            self.uri = self.root  # absolute, so Ray workers in other directories find it
+        self.root = self.root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    # ---- paths and primitive I/O -------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    def cell_dir(self, cell_id: str) -> str:
+        return self.path("cells", cell_id)
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Write to a temporary sibling, then rename: readers see the old file or the new one."""
+        directory, name = path.rsplit("/", 1)
+        self.fs.create_dir(directory, recursive=True)
+        temporary = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
+        with self.fs.open_output_stream(temporary) as stream:
+            stream.write(data)
+        self.fs.move(temporary, path)
+
+    def write_json(self, path: str, value: Any) -> None:
+        self.write_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def list_names(self, directory: str) -> list[str]:
+        """Names of the finished (non-temporary) entries of a directory; empty if it is absent."""
+        selector = pafs.FileSelector(directory, allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if not info.base_name.startswith(".tmp-")
+        )
+
+    def _files_matching(self, pattern: re.Pattern[str], under: str = "cells") -> list[str]:
+        selector = pafs.FileSelector(self.path(under), recursive=True, allow_not_found=True)
+        return sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and pattern.search(info.path)
+        )
+
+    # ---- cells and sweeps ----------------------------------------------------------------------
+    def put_cell(self, cell: CellConfig) -> None:
+        """Record a cell's canonical config once; an existing cell.json is left as it is."""
+        path = self.path("cells", cell.cell_id, "cell.json")
+        if not self.exists(path):
+            self.write_atomic(path, cell.model_dump_json(indent=1).encode())
+
+    def load_cell(self, cell_id: str) -> CellConfig:
+        path = self.path("cells", cell_id, "cell.json")
+        if not self.exists(path):
+            raise FileNotFoundError(f"{path}: no such cell in the store")
+        with self.fs.open_input_stream(path) as stream:
+            return CellConfig.model_validate_json(stream.read())
+
+    def put_sweep(self, name: str, spec_text: str, cell_ids: list[str]) -> None:
+        """Write a sweep's spec and manifest (its cell ids; a cell may be in several sweeps)."""
+        self.write_atomic(self.path("sweeps", name, "spec.yaml"), spec_text.encode())
+        self.write_json(
+            self.path("sweeps", name, "manifest.json"),
+            {"sweep": name, "cell_ids": cell_ids, "written_at": utc_stamp()},
+        )
+
+    def sweep_names(self) -> list[str]:
+        return self.list_names(self.path("sweeps"))
+
+    def manifest(self, name: str) -> list[str]:
+        path = self.path("sweeps", name, "manifest.json")
+        if not self.exists(path):
+            known = ", ".join(self.sweep_names()) or "none"
+            raise FileNotFoundError(f"no sweep {name!r} in store {self.uri} (sweeps: {known})")
+        return list(self.read_json(path)["cell_ids"])
+
+    def spec_text(self, name: str) -> str:
+        self.manifest(name)  # the one-line error for an unknown sweep
+        with self.fs.open_input_stream(self.path("sweeps", name, "spec.yaml")) as stream:
+            return stream.read().decode()
+
+    def request_cancel(self, name: str) -> None:
+        """Ask the sweep's running driver to stop (a new file per request: append-only)."""
+        self.manifest(name)
+        self.write_json(self.path("sweeps", name, "cancel", f"{utc_stamp()}.json"), {"sweep": name})
+
+    def cancel_requested_since(self, name: str, stamp: str) -> bool:
+        """Whether a cancel request newer than `stamp` (a `utc_stamp`) exists for the sweep."""
+        return any(entry > stamp for entry in self.list_names(self.path("sweeps", name, "cancel")))
+
+    # ---- status events and heartbeats ----------------------------------------------------------
+    def record(self, cell_id: str, state: str, attempt: int, **details: Any) -> None:
+        """Append one status event: `cells/<id>/status/<utc-ts>-a<k>-<state>.json`."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        moment = datetime.now(timezone.utc)
+        event = {"cell_id": cell_id, "state": state, "attempt": attempt, "at": moment.isoformat()}
+        name = f"{utc_stamp(moment)}-a{attempt}-{state}.json"
+        self.write_json(self.path("cells", cell_id, "status", name), event | details)
+
+    def events(self, cell_id: str) -> list[str]:
+        """The cell's status event file names, oldest first."""
+        return [
+            n
+            for n in self.list_names(self.path("cells", cell_id, "status"))
+            if _EVENT_NAME.match(n)
+        ]
+
+    def next_attempt(self, cell_id: str) -> int:
+        """1 + the number of attempts that started (`running` events) for the cell."""
+        return 1 + sum(name.endswith("-running.json") for name in self.events(cell_id))
+
+    def heartbeat(self, cell_id: str, attempt: int, host: str, pid: int) -> None:
+        """Renew the lease of a running attempt (one small per-cell file, rewritten atomically)."""
+        self.write_json(
+            self.path("cells", cell_id, "heartbeat.json"),
+            {"attempt": attempt, "host": host, "pid": pid, "unix_time": time.time()},
+        )
+
+    def has_result(self, cell_id: str) -> bool:
+        return self.exists(self.path("cells", cell_id, "result.parquet"))
+
+    def status(self, cell_id: str) -> CellStatus:
+        """The cell's current state: done if its result exists, else its latest event's state."""
+        names = self.events(cell_id)
+        event = self.read_json(self.path("cells", cell_id, "status", names[-1])) if names else {}
+        state = event.get("state", "pending")
+        if state != "done" and self.has_result(cell_id):
+            state = "done"
+        age = None
+        if state == "running":
+            beat_path = self.path("cells", cell_id, "heartbeat.json")
+            if self.exists(beat_path):
+                age = time.time() - self.read_json(beat_path)["unix_time"]
+        return CellStatus(cell_id, state, int(event.get("attempt", 0)), event, age)
+
+    # ---- reads for the reducer and for SQL -----------------------------------------------------
+    def results(self, sweep: str) -> pd.DataFrame:
+        """The result rows of a sweep's finished cells, one per cell: compscale.reduce's input."""
+        paths = [self.path("cells", c, "result.parquet") for c in self.manifest(sweep)]
+        tables = [pq.read_table(p, filesystem=self.fs) for p in paths if self.exists(p)]
+        if not tables:
+            return RESULT_SCHEMA.empty_table().to_pandas()
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+    def connect(self, views: Iterable[str] = VIEWS) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with the named views over this store."""
+        import duckdb
+
+        connection = duckdb.connect()
+        views = list(views)
+        if "losses" in views and "losses_raw" not in views:
+            views.insert(0, "losses_raw")
+        for view in sorted(views, key=VIEWS.index):
+            if view == "losses":  # one row per (cell, step): the highest attempt's
+                connection.execute(
+                    "CREATE VIEW losses AS SELECT * FROM losses_raw QUALIFY row_number() "
+                    "OVER (PARTITION BY cell_id, step ORDER BY attempt DESC) = 1"
+                )
+                continue
+            table = getattr(self, f"_{view}_relation")()
+            connection.register(f"{view}_source", table)
+            connection.execute(f"CREATE VIEW {view} AS SELECT * FROM {view}_source")
+        return connection
+
+    def query(self, sql: str) -> duckdb.DuckDBPyRelation:
+        """Run SQL over the views it names (only those are built: building one reads the store)."""
+        named = [view for view in VIEWS if re.search(rf"\b{view}\b", sql, re.IGNORECASE)]
+        return self.connect(named).sql(sql)
+
+    def cell_ids(self) -> list[str]:
+        return self.list_names(self.path("cells"))
+
+    def _cells_relation(self) -> pa.Table:
+        rows = []
+        for cell_id in self.cell_ids():
+            if not self.exists(self.path("cells", cell_id, "cell.json")):
+                continue
+            cell = self.load_cell(cell_id)
+            rows.append(
+                {
+                    "cell_id": cell_id,
+                    "model": cell.model_label,
+                    "params": cell.params,
+                    "tokens": cell.tokens,
+                    "format": cell.format,
+                    "seed": cell.seed,
+                    "flops": 6.0 * cell.params * cell.tokens,
+                    "d_model": cell.model.d_model,
+                    "n_layers": cell.model.n_layers,
+                    "n_heads": cell.model.n_heads,
+                    "lr": cell.train.lr,
+                    "batch_size": cell.train.batch_size,
+                    "data_source": cell.data.source,
+                    "world_size": cell.world_size,
+                    "config": cell.model_dump_json(),
+                }
+            )
+        return (
+            pa.Table.from_pylist(rows) if rows else pa.table({"cell_id": pa.array([], pa.string())})
+        )
+
+    def _status_relation(self) -> pa.Table:
+        return self._status_table(self.status(c) for c in self.cell_ids())
+
+    def _events_relation(self) -> pa.Table:
+        events = []
+        for cell_id in self.cell_ids():
+            for name in self.events(cell_id):
+                event = self.read_json(self.path("cells", cell_id, "status", name))
+                events.append(CellStatus(cell_id, event["state"], event["attempt"], event))
+        return self._status_table(events)
+
+    @staticmethod
+    def _status_table(statuses: Iterable[CellStatus]) -> pa.Table:
+        rows = [
+            {
+                "cell_id": s.cell_id,
+                "state": s.state,
+                "attempt": s.attempt,
+                "recorded_at": datetime.fromisoformat(s.event["at"]) if "at" in s.event else None,
+            }
+            | {
+                key: s.event.get(key)
+                for key in ("host", "pid", "error_class", "message", "traceback")
+            }
+            for s in statuses
+        ]
+        return pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
+
+    def _losses_raw_relation(self) -> ds.Dataset | pa.Table:
+        paths = self._files_matching(_LOSS_PART)
+        if not paths:
+            return LOSS_SCHEMA.empty_table()
+        return ds.dataset(paths, schema=LOSS_SCHEMA, filesystem=self.fs, format="parquet")
+
+    def _results_relation(self) -> pa.Table:
+        paths = self._files_matching(_RESULT)
+        if not paths:
+            return RESULT_SCHEMA.empty_table()
+        tables = [pq.read_table(p, filesystem=self.fs) for p in paths]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def _sweeps_relation(self) -> pa.Table:
+        rows = [{"sweep": s, "cell_id": c} for s in self.sweep_names() for c in self.manifest(s)]
+        schema = pa.schema([("sweep", pa.string()), ("cell_id", pa.string())])
+        return pa.Table.from_pylist(rows, schema=schema)

@@ -1,0 +1,100 @@
+"""The Ray driver on a real local Ray, with a cell double that really sleeps and writes Parquet: a
+SIGKILLed worker is retried, a raising cell ends failed with its traceback, done cells
+are skipped."""
+
+from pathlib import Path
+
+import doubles
+import pytest
+
+from orchestrator.cells import expand
+from orchestrator.driver import drive, plan
+from orchestrator.spec import parse_spec
+from orchestrator.store import Store
+
+SPEC = """
+name: faults
+models: [tiny]
+tokens: [8000]
+formats: [dense, int4, int8]
+retries: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def submit(store: Store, **plan_options) -> dict[str, int]:
+    """What `compscale submit` does, in process, with the double as the cell function."""
+    spec = parse_spec(SPEC)
+    cells = expand(spec)
+    for cell in cells:
+        store.put_cell(cell)
+    store.put_sweep(spec.name, SPEC, [cell.cell_id for cell in cells])
+    planned = plan(cells, store, **plan_options)
+    return drive(
+        spec.name,
+        planned,
+        store,
+        resources=spec.resources,
+        retries=spec.retries,
+        cell_fn=doubles.run_cell,
+        heartbeat_s=0.5,
+    )
+
+
+def mark(tmp_path: Path, kind: str, cell_id: str) -> Path:
+    marker = tmp_path / "double" / kind / cell_id
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return marker
+
+
+def test_faults_are_retried_recorded_and_rerun_on_request(ray_local, tmp_path):
+    store = Store(tmp_path / "store")
+    killed, failing, healthy = (cell.cell_id for cell in expand(parse_spec(SPEC)))
+    mark(tmp_path, "kill", killed)
+    fail_marker = mark(tmp_path, "fail", failing)
+
+    assert submit(store) == {"done": 2, "failed": 1, "cancelled": 0}
+
+    # The SIGKILLed worker was retried by Ray and finished; its first attempt is on record.
+    assert store.status(killed).state == "done"
+    assert store.status(killed).attempt == 2
+    events = store.query(f"select state, error_class from events where cell_id = '{killed}'")
+    assert ("failed", "WorkerDied") in events.fetchall()
+    losses = store.query(
+        f"select step, attempt from losses where cell_id = '{killed}' order by step"
+    )
+    assert losses.fetchall() == [(step, 2) for step in range(1, 9)]  # one row per step
+    raw_steps = store.query(f"select count(*) from losses_raw where cell_id = '{killed}'")
+    assert raw_steps.fetchall() == [(8 + 3,)]  # attempt 1 flushed 3 steps before it died
+
+    # The raising cell was tried 1 + retries times and ends failed with its traceback.
+    status = store.status(failing)
+    assert (status.state, status.attempt, status.event["error_class"]) == (
+        "failed",
+        2,
+        "InjectedFailure",
+    )
+    assert "raise InjectedFailure" in status.event["traceback"]
+    assert store.status(healthy).attempt == 1
+
+    # Submitting again runs nothing: done cells are skipped, the failed one is held.
+    actions = {item.cell.cell_id: item.action for item in plan(expand(parse_spec(SPEC)), store)}
+    assert actions == {killed: "skip", failing: "hold", healthy: "skip"}
+    assert submit(store) == {"done": 0, "failed": 0, "cancelled": 0}
+
+    # After the cause is fixed, rerunning the failed cells makes them done.
+    fail_marker.unlink()
+    assert submit(store, rerun_failed=True) == {"done": 1, "failed": 0, "cancelled": 0}
+    assert store.status(failing).state == "done"
+    assert store.status(failing).attempt == 3
+    assert store.status(healthy).attempt == 1  # never rerun
+    assert len(store.results("faults")) == 3
