@@ -1,0 +1,84 @@
+"""The interface every representation implements, and the storage constants its costs use.
+
+A format compresses a 2-D weight (out_features x in_features; rows are output channels, scales and
+groups run along the last dimension). `apply` is what a training step calls: the compressed weight
+in the original basis, same shape and dtype, with a straight-through (or exact) backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# A dense weight, a surviving weight of a sparse format and a scale are stored in 16 bits (bf16).
+DENSE_BITS = 16
+SCALE_BITS = 16
+# Per-row scales are charged as if rows had this many weights (16 / 4096 ≈ 0.004 bits/weight): the
+# storage cost of a format is a property of the format, not of one layer's shape.
+NOMINAL_ROW_LENGTH = 4096
+
+
+class FormatError(ValueError):
+    """A format string that does not parse, or a weight a format cannot handle."""
+
+
+class Format:
+    """A representation: parsed from a string, printed back canonically, applied to weights."""
+
+    quantizes_activations: bool = False
+
+    def __str__(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"parse({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Format) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    @property
+    def bits_per_param(self) -> float:
+        """Storage per weight in bits, scales and masks included."""
+        raise NotImplementedError
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of weights the format zeroes (0.0 when it prunes nothing)."""
+        return 0.0
+
+    def compute_mask(self, weight: Tensor, sparsity: float | None = None) -> Tensor | None:
+        """Boolean keep-mask for `weight`, or None when the format prunes nothing.
+
+        `sparsity` overrides the target, so a trainer can ramp from 0 to `self.sparsity`.
+        """
+        return None
+
+    def apply(self, weight: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The compressed weight: same shape and dtype, gradients to `weight` by STE."""
+        raise NotImplementedError
+
+    def apply_activation(self, x: Tensor) -> Tensor:
+        """Identity unless the format quantizes activations."""
+        return x
+
+
+def straight_through(weight: Tensor, compressed: Tensor, passes: Tensor | None = None) -> Tensor:
+    """Forward `compressed`, backward the identity (times `passes`, a 0/1 gradient mask)."""
+    compressed = compressed.detach().to(weight.dtype)
+    if not weight.requires_grad:
+        return compressed
+    if passes is None:
+        return weight + (compressed - weight).detach()
+    gated = weight * passes.to(weight.dtype)
+    return gated + (compressed - gated).detach()
+
+
+def check_matrix(weight: Tensor, fmt: Format) -> None:
+    """Formats act on 2-D weights; anything else is a caller error."""
+    if weight.dim() != 2:
+        raise FormatError(f"format {fmt} needs a 2-D weight, got shape {tuple(weight.shape)}")
+    if not torch.is_floating_point(weight):
+        raise FormatError(f"format {fmt} needs a floating-point weight, got {weight.dtype}")

@@ -1,0 +1,47 @@
+"""`A+B`: prune with sparse format A, then quantize the survivors with scalar format B.
+
+B's scales (RMS or absmax per row or group) are computed over the survivors only, and a row or group
+with no survivor becomes zero. Storage: B's bits for each survivor, B's scales, and A's mask.
+Backward: B's trust mask restricted to survivors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from compscale.formats.base import NOMINAL_ROW_LENGTH, SCALE_BITS, Format, FormatError
+from compscale.formats.scalar import ScalarFormat
+from compscale.formats.sparse import SparseFormat
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Composed(Format):
+    pruning: SparseFormat
+    quantizer: ScalarFormat
+
+    def __post_init__(self) -> None:
+        if self.quantizer.hadamard:
+            raise FormatError(f"{self}: a rotated (-had) quantizer would undo the sparsity")
+
+    def __str__(self) -> str:
+        return f"{self.pruning}+{self.quantizer}"
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruning.sparsity
+
+    @property
+    def bits_per_param(self) -> float:
+        scale_bits = SCALE_BITS / (self.quantizer.group_size or NOMINAL_ROW_LENGTH)
+        survivors = (1 - self.sparsity) * self.quantizer.bits
+        return survivors + scale_bits + self.pruning.mask_bits()
+
+    def compute_mask(self, weight: Tensor, sparsity: float | None = None) -> Tensor | None:
+        return self.pruning.compute_mask(weight, sparsity)
+
+    def apply(self, weight: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            mask = self.compute_mask(weight)
+        return self.quantizer.apply(weight, mask)
