@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares, minimize
 
+from compscale.capacity import MAX_BITS, capacity, effective_bits
+
 BASE_NAMES = ("A", "alpha", "B", "beta", "E")
 DENSE = "dense"
-LOG_QUARTER = math.log(0.25)
-# Effective bits above this are treated as infinite (tanh is 1 to double precision well before).
-MAX_BITS = 60.0
 
 # Start grid in the log-sum-exp coordinates (a, alpha, b, beta, e): Besiroglu et al.'s grid widened
 # with E near 0 (e = -3, E = 0.05) and small exponents, where real grids hide a second minimum.
@@ -226,10 +225,8 @@ class UnifiedGmseLaw(Law):
             raise ValueError("format: the unified-gmse law needs >= 3 formats of distinct GMSE")
 
     def bits(self, obs: Observations) -> np.ndarray:
-        values = [math.inf] + [
-            -math.log(self.gmse[name]) / -LOG_QUARTER for name in obs.formats[1:]
-        ]
-        return np.minimum(np.array(values), MAX_BITS)
+        gmse = np.array([0.0] + [self.gmse[name] for name in obs.formats[1:]])
+        return np.minimum(effective_bits(gmse), MAX_BITS)
 
     def extra_starts(self) -> list[np.ndarray]:
         starts = []
@@ -263,10 +260,8 @@ class UnifiedGmseLaw(Law):
         return np.array([math.exp(-float(_softplus(u))), math.exp(log_slope), math.exp(log_power)])
 
     def rho_of_gmse(self, extra: np.ndarray, gmse: float) -> float:
-        """Capacity the fitted law gives a format of this GMSE (1 for dense, GMSE = 0 -> L)."""
-        cap, slope, power = self.extra_values(extra)
-        bits = MAX_BITS if gmse <= 0 else min(-math.log(gmse) / -LOG_QUARTER, MAX_BITS)
-        return float(cap * math.tanh(slope * bits) ** power)
+        """Capacity the fitted law gives a format of this GMSE (GMSE 0 gives L)."""
+        return float(capacity(gmse, *self.extra_values(extra)))
 
 
 def _check_formats(obs: Observations, dense: str, law: str) -> None:
