@@ -1,0 +1,130 @@
+"""The reducer: synthetic sweeps of known capacities give back the paper's tables."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from compscale import capacity
+from compscale.reduce import TABLES, Reduction, reduce
+
+TRUTH = {"A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28, "E": 1.69}
+LAW = {"cap": 0.97, "slope": 0.5, "power": 1.6}
+GMSE = {"int2": 0.1188, "int3": 0.0374, "int4": 0.01154, "int8": 8.8e-5, "sp50": 0.0714}
+
+
+def sweep(rho: dict[str, float], seeds=(0, 1), noise: float = 0.005) -> pd.DataFrame:
+    """Result rows as the store's results view has them: one per cell, loss from TRUTH."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for name, value in rho.items():
+        for params in (1e6, 3e6, 1e7, 3e7, 1e8):
+            for tokens_per_param in (10, 30, 100):
+                tokens = int(params * tokens_per_param)
+                loss = (
+                    TRUTH["A"] * (params * value) ** -TRUTH["alpha"]
+                    + TRUTH["B"] * tokens ** -TRUTH["beta"]
+                    + TRUTH["E"]
+                )
+                for seed in seeds:
+                    noisy = loss * math.exp(rng.normal(0, noise))
+                    rows.append((int(params), tokens, name, seed, noisy))
+    return pd.DataFrame(rows, columns=["params", "tokens", "format", "seed", "val_loss"])
+
+
+def capacities(composite_factor: float) -> dict[str, float]:
+    rho = {"dense": 1.0} | {name: float(capacity.capacity(g, **LAW)) for name, g in GMSE.items()}
+    return rho | {"sp50+int4": rho["sp50"] * rho["int4"] * composite_factor}
+
+
+@pytest.fixture(scope="module")
+def multiplicative():
+    rho = capacities(1.0)
+    results = sweep(rho)
+    gmse = GMSE | {"sp50+int4": 0.0799}
+    return rho, results, reduce(results, gmse_of=gmse.get, bits_of=lambda name: 4.0, bootstrap=50)
+
+
+def test_capacities_of_every_format_come_back_with_cis(multiplicative):
+    rho, _, reduction = multiplicative
+    table = reduction.rho.set_index("format")
+    for name, value in rho.items():
+        assert table.loc[name, "rho"] == pytest.approx(value, rel=0.03), name
+        assert table.loc[name, "ci_low"] <= table.loc[name, "rho"] <= table.loc[name, "ci_high"]
+    assert table.loc["dense", "gmse"] == 0.0 and table.loc["dense", "effective_bits"] == np.inf
+    assert table.loc["int4", "cells"] == 30
+    law = reduction.law.set_index("parameter")["value"]
+    assert law["alpha"] == pytest.approx(TRUTH["alpha"], rel=0.05)
+
+
+def test_multiplicative_composition_reports_near_zero_error(multiplicative):
+    _, _, reduction = multiplicative
+    row = reduction.composition.set_index("format").loc["sp50+int4"]
+    assert abs(row["rel_error"]) < 0.03
+    assert row["ratio_ci_low"] < 1 < row["ratio_ci_high"]
+    assert not row["flagged"]
+
+
+def test_capacity_law_is_fitted_and_predicts_left_out_formats(multiplicative):
+    _, _, reduction = multiplicative
+    law = reduction.capacity.set_index("parameter")["value"]
+    assert law["L"] == pytest.approx(LAW["cap"], rel=0.05)
+    compare = reduction.capacity_rho.set_index("format")
+    assert set(compare.index) == {"int2", "int3", "int4", "int8", "sp50", "sp50+int4"}
+    assert compare.loc["int3", "rho_loo"] == pytest.approx(compare.loc["int3", "rho"], rel=0.05)
+
+
+def test_heldout_cells_are_predicted_within_the_noise(multiplicative):
+    _, results, reduction = multiplicative
+    assert reduction.metrics["heldout_cells"] == len(reduction.heldout) > 0.15 * len(results)
+    assert reduction.metrics["heldout_mean_abs_rel_error"] < 0.01
+    assert reduction.metrics["seed_noise_log_loss"] == pytest.approx(0.005, rel=0.3)
+
+
+def test_written_reduction_reads_back_identically(multiplicative, tmp_path):
+    _, _, reduction = multiplicative
+    written = reduction.write(tmp_path / "reduce")
+    assert {path.name for path in written} == {f"{name}.parquet" for name in TABLES} | {
+        "reduction.json"
+    }
+    assert not list((tmp_path / "reduce").glob(".*"))
+    back = Reduction.read(tmp_path / "reduce")
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(back, name), getattr(reduction, name))
+    assert back.metrics == reduction.metrics
+    text = back.summary()
+    assert "Capacity rho per format" in text and "sp50+int4" in text and "held-out" in text
+
+
+def test_non_multiplicative_composition_is_flagged():
+    rho = capacities(0.8)
+    gmse = GMSE | {"sp50+int4": 0.0799}
+    reduction = reduce(sweep(rho, seeds=(0,)), gmse_of=gmse.get, bits_of=len, bootstrap=30)
+    row = reduction.composition.set_index("format").loc["sp50+int4"]
+    assert row["rel_error"] == pytest.approx(-0.2, abs=0.05)
+    assert row["flagged"]
+    assert any("sp50+int4" in text for text in reduction.metrics["warnings"])
+
+
+def test_default_gmse_comes_from_the_format_library():
+    names = ["dense", "int2", "int3", "int4", "int8", "sp50"]
+    from compscale.gmse import gmse
+
+    rho = {
+        name: 1.0 if name == "dense" else float(capacity.capacity(gmse(name), **LAW))
+        for name in names
+    }
+    reduction = reduce(sweep(rho, seeds=(0,)), bootstrap=0, holdout_fraction=0)
+    table = reduction.rho.set_index("format")
+    assert table.loc["int4", "bits_per_param"] == pytest.approx(4.0, abs=0.01)
+    assert table.loc["int4", "gmse"] == pytest.approx(gmse("int4"))
+    assert reduction.metrics["heldout_cells"] == 0
+
+
+def test_missing_columns_and_missing_dense_fail_clearly():
+    results = sweep({"dense": 1.0, "int4": 0.8}, seeds=(0,))
+    with pytest.raises(ValueError, match="results: missing column"):
+        reduce(results.drop(columns=["val_loss"]), gmse_of=GMSE.get)
+    with pytest.raises(ValueError, match="no cells of the dense reference"):
+        reduce(results[results["format"] != "dense"], gmse_of=GMSE.get, bootstrap=0)
