@@ -216,11 +216,11 @@ def submit(args: argparse.Namespace) -> int:
 
     spec, text, cells = load(args.spec)
     store = open_store(args)
-    if args.detach:
-        return _detach(args, spec.name, store)
     for cell in cells:
         store.put_cell(cell)
     store.put_sweep(spec.name, text, [cell.cell_id for cell in cells])
+    if args.detach:
+        return _detach(args, spec.name, store)
     return _run(args, spec, store, plan_cells(cells, store, lease_s=args.lease_s or LEASE_S))
 
 

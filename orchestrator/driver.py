@@ -178,9 +178,16 @@ def connect(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, logging_level="WARNING")
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except ConnectionError as error:
+            raise ValueError(
+                f"{error} (is a head running there? with token authentication on, set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+            ) from None
         return False
     ray.init(
+        address="local",  # a new instance, never a cluster that `ray start` left behind
         num_cpus=os.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

@@ -1,0 +1,265 @@
+"""The `compscale` sweep commands as a user runs them: real processes, embedded or existing Ray."""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from orchestrator.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+COMPSCALE = str(Path(sys.executable).parent / "compscale")
+DOUBLE = ["--cell-fn", "doubles:run_cell"]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return env | {"PYTHONPATH": str(REPO / "tests"), "COLUMNS": "200"} | extra
+
+
+def compscale(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180):
+    return subprocess.run(
+        [COMPSCALE, *args],
+        cwd=cwd,
+        env=env or environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def kill_session(session_id: int) -> None:
+    """SIGKILL, one by one, what is left of a process session a test started (Ray's helpers)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session_id:  # field 6 of /proc/<pid>/stat: the session id
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def write_spec(path: Path, name: str, formats: list[str], **extra) -> Path:
+    lines = [
+        f"name: {name}",
+        "models: [tiny]",
+        "tokens: [8000]",
+        f"formats: [{', '.join(formats)}]",
+    ]
+    lines += [f"{key}: {value}" for key, value in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def running_events(store: Store, cell_id: str) -> int:
+    return sum(name.endswith("-running.json") for name in store.events(cell_id))
+
+
+def test_submit_smoke_starts_embedded_ray_runs_all_then_a_second_submit_runs_nothing(tmp_path):
+    submitted = compscale("submit", str(REPO / "sweeps" / "smoke.yaml"), *DOUBLE, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "run 4" in submitted.stdout
+    store = Store(tmp_path / "store")  # the default store, ./store
+    assert {store.status(c).state for c in store.manifest("smoke")} == {"done"}
+
+    status = compscale("status", "smoke", "--json", cwd=tmp_path)
+    rows = [json.loads(line) for line in status.stdout.splitlines()]
+    assert len(rows) == 4 and {row["state"] for row in rows} == {"done"}
+
+    again = compscale("submit", str(REPO / "sweeps" / "smoke.yaml"), *DOUBLE, cwd=tmp_path)
+    assert again.returncode == 0
+    assert "skip 4" in again.stdout and "nothing to run" in again.stdout
+    assert all(running_events(store, c) == 1 for c in store.manifest("smoke"))
+
+    table = compscale("status", "smoke", cwd=tmp_path).stdout
+    assert table.strip().endswith("done 4")
+    csv = compscale(
+        "query",
+        "select format, count(*) n from results group by 1 order by 1",
+        "--csv",
+        cwd=tmp_path,
+    )
+    assert csv.stdout.splitlines() == ["format,n", "dense,2", "int4,2"]
+    out = tmp_path / "losses.parquet"
+    compscale("query", "select * from losses", "--parquet", str(out), cwd=tmp_path)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == 4 * 8  # the double writes 8 steps a cell
+
+
+def test_a_killed_driver_restarted_finishes_without_rerunning_done_cells(tmp_path):
+    formats = ["dense", "int4", "int8", "sp50", "int2", "int3"]
+    spec = write_spec(tmp_path / "resume.yaml", "resume", formats, max_in_flight=2)
+    (tmp_path / "double").mkdir()
+    (tmp_path / "double" / "sleep_s").write_text("1.5")
+    store = Store(tmp_path / "store")
+    command = [COMPSCALE, "submit", str(spec), *DOUBLE, "--heartbeat-s", "0.5", "--lease-s", "3"]
+    driver = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        done_before: list[str] = []
+        while time.monotonic() < deadline and len(done_before) < 2:
+            time.sleep(0.2)
+            if (tmp_path / "store" / "sweeps" / "resume" / "manifest.json").exists():
+                done_before = [
+                    c for c in store.manifest("resume") if store.status(c).state == "done"
+                ]
+        assert len(done_before) >= 2, "the first driver finished no cells"
+        assert len(done_before) < len(formats), "the first driver finished before it was killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        kill_session(driver.pid)
+
+    again = compscale(
+        "submit", str(spec), *DOUBLE, "--heartbeat-s", "0.5", "--lease-s", "3", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert {store.status(c).state for c in store.manifest("resume")} == {"done"}
+    for cell_id in done_before:
+        assert running_events(store, cell_id) == 1  # never rerun
+
+
+def test_detached_submit_can_be_cancelled(tmp_path):
+    spec = write_spec(
+        tmp_path / "slow.yaml", "slow", ["dense", "int4", "int8", "int2"], max_in_flight=1
+    )
+    (tmp_path / "double").mkdir()
+    (tmp_path / "double" / "sleep_s").write_text("30")
+    detached = compscale("submit", str(spec), "--detach", *DOUBLE, cwd=tmp_path, timeout=30)
+    assert detached.returncode == 0, detached.stderr
+    pid = int(re.search(r"pid (\d+)", detached.stdout).group(1))
+    store = Store(tmp_path / "store")
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if any(store.status(c).state == "running" for c in store.manifest("slow")):
+                break
+            time.sleep(0.2)
+        cancelled = compscale("cancel", "slow", cwd=tmp_path)
+        assert cancelled.returncode == 0, cancelled.stderr
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.2)
+        assert not Path(f"/proc/{pid}").exists(), "the driver did not stop"
+    finally:
+        kill_session(pid)
+    states = [store.status(c).state for c in store.manifest("slow")]
+    assert states == ["cancelled"] * 4
+    assert "cancel" in (tmp_path / "store" / "sweeps" / "slow" / "driver.log").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real head started with `ray start --head` on 127.0.0.1, with its own auth token."""
+    port, dashboard = free_port(), free_port()
+    env = environment(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", dashboard)) == 0:
+                    break
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=20)
+        finally:
+            kill_session(head.pid)
+            current = Path("/tmp/ray/ray_current_cluster")  # `ray stop` would remove it
+            if current.exists() and current.read_text().strip().endswith(f":{port}"):
+                current.unlink()
+
+
+@pytest.mark.heavy
+def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, tmp_path):
+    address, dashboard, env = ray_head
+    spec = write_spec(tmp_path / "remote.yaml", "remote", ["dense", "int4"])
+    by_address = compscale(
+        "submit",
+        str(spec),
+        "--address",
+        address,
+        "--store",
+        str(tmp_path / "a"),
+        *DOUBLE,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert by_address.returncode == 0, by_address.stderr
+    assert {
+        Store(tmp_path / "a").status(c).state for c in Store(tmp_path / "a").manifest("remote")
+    } == {"done"}
+
+    job = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--",
+            "env",
+            f"PYTHONPATH={REPO / 'tests'}",
+            COMPSCALE,
+            "submit",
+            str(spec),
+            "--store",
+            str(tmp_path / "b"),
+            *DOUBLE,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "succeeded" in job.stdout + job.stderr
+    store = Store(tmp_path / "b")
+    assert {store.status(c).state for c in store.manifest("remote")} == {"done"}
