@@ -1,1 +1,19 @@
-"""workers: one cell = one training run over a compressed representation (no Ray here)."""
+"""workers: one cell = one training run over a compressed representation (no Ray here).
+
+`run_cell` is imported lazily so that importing this package (the `compscale` CLI does, on every
+start) does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.config import CellConfig
+
+
+def run_cell(cell: CellConfig | dict, store_uri: str) -> dict[str, Any]:
+    """Train one cell into the store at `store_uri` (path or URI); returns its result row."""
+    from workers.train import run_cell as train_cell
+
+    return train_cell(cell, store_uri)

@@ -1,7 +1,82 @@
-"""Placeholder until this layer's commands land."""
+"""`compscale train-cell` (one cell, no Ray; also under torchrun) and `compscale data prepare`.
+
+torch is imported inside the handlers, so building the `compscale` parser stays fast.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from workers.config import CellConfig, preset
+
+
+def load_cell_file(path: str | Path) -> CellConfig:
+    """Read a CellConfig from YAML or JSON; `model` may be a preset name such as `tiny`.
+
+    The format string is canonicalised (`str(parse(s))`) as the orchestrator does, so the cell id
+    matches the one a sweep would give the same cell.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cell file {str(path)!r} does not exist")
+    fields: Any = yaml.safe_load(path.read_text())
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: expected a mapping of cell fields, got {type(fields).__name__}")
+    if isinstance(fields.get("model"), str):
+        fields["model"] = preset(fields["model"])
+    if isinstance(fields.get("format"), str):
+        from compscale.formats import parse
+
+        fields["format"] = str(parse(fields["format"]))
+    try:
+        return CellConfig.model_validate(fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "cell"
+        raise ValueError(f"{path}: {location}: {first['msg']}") from None
+
+
+def _train_cell(args: argparse.Namespace) -> int:
+    cell = load_cell_file(args.cell)
+    from workers.train import run_cell
+
+    result = run_cell(cell, args.store)
+    if result.get("attempt") is not None:  # rank 0 prints the row; other ranks stay quiet
+        print(json.dumps(result, default=str))
+    return 0
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from workers.data import prepare_shards
+
+    meta = prepare_shards(args.text_dir, args.out_dir, val_fraction=args.val_fraction)
+    print(json.dumps(meta))
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands to the `compscale` parser."""
+    """Add `train-cell` and `data prepare` to the `compscale` parser."""
+    train = subparsers.add_parser(
+        "train-cell",
+        help="train one cell without Ray (also under torchrun --nproc_per_node=k)",
+        description="Train one cell into a store; prints its result row as JSON.",
+    )
+    train.add_argument("cell", help="CellConfig as YAML/JSON (model may be a preset name)")
+    train.add_argument("--store", required=True, help="store directory or pyarrow filesystem URI")
+    train.set_defaults(func=_train_cell)
+
+    data_parser = subparsers.add_parser("data", help="token data tools")
+    data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prepare = data_commands.add_parser(
+        "prepare", help="turn a folder of text files into byte-level uint16 shards"
+    )
+    prepare.add_argument("text_dir")
+    prepare.add_argument("out_dir")
+    prepare.add_argument("--val-fraction", type=float, default=0.05)
+    prepare.set_defaults(func=_data_prepare)

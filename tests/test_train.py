@@ -1,0 +1,93 @@
+"""Training one cell: it learns, formats stay finite and rank by GMSE, bad input fails fast."""
+
+import math
+
+import pytest
+import torch
+
+from compscale.formats import STANDARD_FORMATS
+from workers import run_cell
+from workers.config import CellConfig, DataConfig, ModelConfig, TrainConfig, preset
+from workers.data import load_tokens, unigram_entropy
+from workers.sink import read_losses, read_result
+
+TINY = preset("tiny").model_copy(update={"seq_len": 64})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; two threads stall when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cell(fmt: str = "dense", steps: int = 100, batch: int = 16, **train) -> CellConfig:
+    train = {"batch_size": batch, "eval_tokens": 8192} | train
+    return CellConfig(model=TINY, format=fmt, tokens=steps * batch * 64, train=TrainConfig(**train))
+
+
+def test_a_tiny_dense_cell_falls_well_below_the_unigram_entropy_within_a_minute(tmp_path):
+    entropy = unigram_entropy(load_tokens(DataConfig()).train)  # about 3.11 nats per byte
+    cell = tiny_cell(steps=300)
+    result = run_cell(cell, str(tmp_path))
+    assert result["val_loss"] < entropy - 0.5
+    assert result["wall_time_s"] < 60
+    stored = read_result(str(tmp_path), cell.cell_id)
+    assert stored["val_loss"] == result["val_loss"] and stored["params"] == cell.params
+    assert stored["data_fingerprint"].startswith("cpython311-stdlib:sha256:")
+    losses = read_losses(str(tmp_path), cell.cell_id)
+    assert losses.column("step").to_pylist() == list(range(300))
+    assert losses.column("val_loss").to_pylist()[-1] == result["val_loss"]
+    assert (tmp_path / "cells" / cell.cell_id / "cell.json").is_file()
+
+
+@pytest.mark.heavy
+def test_every_standard_format_trains_without_nan(tmp_path):
+    for fmt in STANDARD_FORMATS:
+        result = run_cell(tiny_cell(fmt, steps=120, batch=8), str(tmp_path))
+        assert math.isfinite(result["val_loss"]) and result["val_loss"] < 3.5, fmt
+
+
+@pytest.mark.heavy
+def test_loss_order_at_equal_n_and_d_follows_gmse(tmp_path):
+    loss = {
+        fmt: run_cell(tiny_cell(fmt, steps=300), str(tmp_path))["val_loss"]
+        for fmt in ("dense", "int4", "int2", "sp50", "sp90")
+    }
+    # Large GMSE gaps must show; a 50%-sparse tiny model may tie its dense twin within seed noise.
+    assert loss["dense"] < loss["int4"] < loss["int2"]
+    assert loss["dense"] < loss["sp90"] and loss["sp50"] < loss["sp90"]
+    assert loss["dense"] < loss["sp50"] + 0.01
+
+
+def test_fewer_tokens_than_one_batch_is_one_clear_error(tmp_path):
+    cell = CellConfig(model=TINY, format="dense", tokens=1000, train=TrainConfig(batch_size=16))
+    with pytest.raises(ValueError, match=r"tokens=1000 is less than one global batch \(16 x 64"):
+        run_cell(cell, str(tmp_path))
+
+
+def test_a_world_size_the_machine_cannot_host_is_one_clear_error(tmp_path):
+    cell = tiny_cell().model_copy(update={"world_size": 4096})
+    with pytest.raises(ValueError, match="world_size=4096 puts 4096 CPU processes"):
+        run_cell(cell, str(tmp_path))
+
+
+def test_a_world_size_without_a_launcher_says_how_to_launch(tmp_path):
+    cell = tiny_cell().model_copy(update={"world_size": 2})
+    with pytest.raises(ValueError, match=r"torchrun --nproc_per_node=2"):
+        run_cell(cell, str(tmp_path))
+
+
+def test_a_missing_shard_path_is_one_clear_error(tmp_path):
+    cell = tiny_cell().model_copy(update={"data": DataConfig(source=str(tmp_path / "none"))})
+    with pytest.raises(FileNotFoundError, match=r"no meta\.json"):
+        run_cell(cell, str(tmp_path))
+
+
+def test_a_model_too_small_for_the_data_vocabulary_is_refused(tmp_path):
+    small_vocab = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=100, seq_len=64)
+    cell = tiny_cell().model_copy(update={"model": small_vocab})
+    with pytest.raises(ValueError, match="vocabulary 256 exceeds model vocab_size=100"):
+        run_cell(cell, str(tmp_path))

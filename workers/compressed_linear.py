@@ -1,0 +1,63 @@
+"""The seam between the model and a representation: a linear layer that computes with the weight
+its format gives back (straight-through in the backward pass), and with quantized inputs where the
+format quantizes activations. Sparse formats keep a boolean keep-mask buffer, so masks live in the
+state dict and therefore in checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compscale.formats import Format
+
+
+class CompressedLinear(nn.Linear):
+    """A bias-free linear layer computing with `fmt.apply(weight, mask)` on every call."""
+
+    def __init__(self, in_features: int, out_features: int, fmt: Format):
+        super().__init__(in_features, out_features, bias=False)
+        self.fmt = fmt
+        if fmt.sparsity > 0:
+            self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+        else:
+            self.mask = None
+
+    @torch.no_grad()
+    def update_mask(self, sparsity: float) -> None:
+        """Recompute the keep-mask from the current weights at `sparsity` (fraction pruned)."""
+        if self.mask is None:
+            return
+        mask = self.fmt.compute_mask(self.weight, sparsity=sparsity)
+        if mask is None:
+            self.mask.fill_(True)
+        else:
+            self.mask.copy_(mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.fmt.apply_activation(x), self.fmt.apply(self.weight, self.mask))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, format={self.fmt}"
+
+
+def linear_factory(fmt: Format):
+    """A `workers.model.LinearFactory` that makes `CompressedLinear` layers of one format."""
+    return functools.partial(CompressedLinear, fmt=fmt)
+
+
+def sparsity_at(step: int, total_steps: int, target: float, ramp_fraction: float) -> float:
+    """Cubic ramp (Zhu & Gupta 2017) from 0 to `target` over the first `ramp_fraction` of steps."""
+    ramp_steps = int(ramp_fraction * total_steps)
+    if target == 0 or step >= ramp_steps:
+        return target
+    return target * (1 - (1 - step / ramp_steps) ** 3)
+
+
+def update_masks(model: nn.Module, sparsity: float) -> None:
+    for module in model.modules():
+        if isinstance(module, CompressedLinear):
+            module.update_mask(sparsity)

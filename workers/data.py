@@ -1,0 +1,170 @@
+"""Token streams: the bundled byte-level corpus or nanoGPT-style memmap shards, and batches.
+
+A batch is a pure function of (seed, step): the offsets of the global batch come from a generator
+seeded with both, and rank r takes its own disjoint slice. So the position in the stream is the step
+number, a resumed run sees exactly the batches it would have seen, and world size k sees the same
+global batch as world size 1. Validation uses a fixed set of held-out windows from the start of the
+validation split, the same for every cell of one data source.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from workers import storage
+from workers.config import DataConfig
+
+CORPUS_DIR = Path(__file__).parent / "corpus"
+BUNDLED_NAME = "cpython311-stdlib"
+SHARD_META = "meta.json"
+SHARD_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Train and validation token arrays (memmaps or in memory), vocabulary and fingerprint."""
+
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    fingerprint: str
+
+
+def load_tokens(config: DataConfig) -> TokenSource:
+    """The token source a cell names: `bundled` or a shard directory (local path or URI)."""
+    if config.source == "bundled":
+        return _bundled(config.val_fraction)
+    return load_shards(config.source)
+
+
+@functools.lru_cache(maxsize=2)
+def _bundled_bytes() -> tuple[np.ndarray, str]:
+    meta = json.loads((CORPUS_DIR / f"{BUNDLED_NAME}.json").read_text())
+    with gzip.open(CORPUS_DIR / f"{BUNDLED_NAME}.txt.gz", "rb") as file:
+        text = file.read()
+    if hashlib.sha256(text).hexdigest() != meta["sha256"]:
+        raise ValueError(
+            f"bundled corpus {BUNDLED_NAME}: sha256 does not match its JSON; reinstall"
+        )
+    tokens = np.frombuffer(text, dtype=np.uint8)
+    return tokens, f"{BUNDLED_NAME}:sha256:{meta['sha256'][:16]}"
+
+
+@functools.lru_cache(maxsize=4)
+def _bundled(val_fraction: float) -> TokenSource:
+    tokens, fingerprint = _bundled_bytes()
+    split = int(len(tokens) * (1 - val_fraction))
+    return TokenSource(tokens[:split], tokens[split:], 256, f"{fingerprint}:val{val_fraction:g}")
+
+
+def load_shards(uri: str) -> TokenSource:
+    """Read `meta.json`, `train.bin`, `val.bin` from a directory or pyarrow filesystem URI.
+
+    Local files are memory-mapped; remote ones are read into memory once.
+    """
+    filesystem, root = storage.resolve(uri)
+    meta_path = f"{root}/{SHARD_META}"
+    if not storage.is_file(filesystem, meta_path):
+        raise FileNotFoundError(
+            f"data source {uri!r}: no {SHARD_META} there "
+            "(make shards with `compscale data prepare TEXT_DIR OUT_DIR`)"
+        )
+    meta = json.loads(storage.read_bytes(filesystem, meta_path))
+    dtype = SHARD_DTYPES.get(meta.get("dtype"))
+    if dtype is None:
+        raise ValueError(f"{meta_path}: dtype must be one of {', '.join(SHARD_DTYPES)}")
+    arrays = {}
+    for split in ("train", "val"):
+        path = f"{root}/{split}.bin"
+        if not storage.is_file(filesystem, path):
+            raise FileNotFoundError(f"data source {uri!r}: {split}.bin is missing")
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            arrays[split] = np.memmap(path, dtype=dtype, mode="r")
+        else:
+            arrays[split] = np.frombuffer(storage.read_bytes(filesystem, path), dtype=dtype)
+    return TokenSource(arrays["train"], arrays["val"], int(meta["vocab_size"]), meta["fingerprint"])
+
+
+def prepare_shards(text_dir: str | Path, out_dir: str | Path, val_fraction: float = 0.05) -> dict:
+    """Turn a folder of text files into byte-level shards (sorted files; the tail is validation).
+
+    Returns the written `meta.json` content.
+    """
+    text_dir, out_dir = Path(text_dir), Path(out_dir)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not text_dir.is_dir():
+        raise FileNotFoundError(f"text directory {str(text_dir)!r} does not exist")
+    files = sorted(path for path in text_dir.rglob("*") if path.is_file())
+    if not files:
+        raise ValueError(f"text directory {str(text_dir)!r} holds no files")
+    data = b"".join(path.read_bytes() for path in files)
+    tokens = np.frombuffer(data, dtype=np.uint8)
+    split = int(len(tokens) * (1 - val_fraction))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # uint16 keeps the nanoGPT layout, so shards from a wider tokenizer read the same way.
+    tokens.astype(np.uint16)[:split].tofile(out_dir / "train.bin")
+    tokens.astype(np.uint16)[split:].tofile(out_dir / "val.bin")
+    meta = {
+        "dtype": "uint16",
+        "vocab_size": 256,
+        "tokenizer": "bytes",
+        "files": len(files),
+        "tokens": len(tokens),
+        "fingerprint": f"{text_dir.name}:sha256:{hashlib.sha256(data).hexdigest()[:16]}"
+        f":val{val_fraction:g}",
+    }
+    (out_dir / SHARD_META).write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def batch_windows(
+    tokens: np.ndarray,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    seq_len: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> np.ndarray:
+    """This rank's slice of the global batch at `step`: int64 windows (B / world, seq_len + 1).
+
+    Inputs are `windows[:, :-1]`, targets `windows[:, 1:]`.
+    """
+    if len(tokens) <= seq_len + 1:
+        raise ValueError(f"training split has {len(tokens)} tokens, fewer than one sequence")
+    generator = np.random.default_rng([seed, step])
+    offsets = generator.integers(0, len(tokens) - seq_len - 1, size=batch_size)
+    per_rank = batch_size // world_size
+    mine = offsets[rank * per_rank : (rank + 1) * per_rank]
+    return np.asarray(tokens[mine[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+
+
+def validation_windows(
+    tokens: np.ndarray, *, eval_tokens: int, seq_len: int, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """This rank's share of the fixed held-out windows covering `eval_tokens` target tokens."""
+    count = max(1, eval_tokens // seq_len)
+    if count * seq_len + 1 > len(tokens):
+        raise ValueError(
+            f"eval_tokens={eval_tokens} needs {count * seq_len + 1} validation tokens; "
+            f"the split has {len(tokens)}"
+        )
+    starts = np.arange(count)[rank::world_size] * seq_len
+    return np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+
+
+def unigram_entropy(tokens: np.ndarray) -> float:
+    """Entropy of the token frequency distribution, in nats per token."""
+    counts = np.bincount(np.asarray(tokens)).astype(np.float64)
+    probs = counts[counts > 0] / counts.sum()
+    return float(-(probs * np.log(probs)).sum())

@@ -1,0 +1,148 @@
+"""Rank 0's Parquet writer: per-step loss rows, flushed every few seconds, and the result row last.
+
+Each flush writes one file `losses/attempt-<k>/part-<seq:06d>.parquet` atomically, so a crash loses
+at most the rows since the last flush and never leaves a torn file. Loss and gradient norm may be
+handed in as 0-d tensors: they are converted only at flush time, so logging costs no device sync
+per step.
+The schemas are the ones in docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from workers import storage
+
+LOSS_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("attempt", pa.int32()),
+        ("step", pa.int64()),
+        ("tokens", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("lr", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("wall_time_s", pa.float64()),
+    ]
+)
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("model", pa.string()),
+        ("params", pa.int64()),
+        ("tokens", pa.int64()),
+        ("format", pa.string()),
+        ("seed", pa.int64()),
+        ("val_loss", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("steps", pa.int64()),
+        ("wall_time_s", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("hardware", pa.string()),
+        ("world_size", pa.int64()),
+        ("attempt", pa.int64()),
+        ("data_fingerprint", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def table_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
+    return buffer.getvalue()
+
+
+def next_attempt(store_uri: str, cell_id: str) -> int:
+    """1 + the highest existing `attempt-<k>` folder of the cell's losses."""
+    filesystem, root = storage.resolve(store_uri)
+    names = storage.list_names(filesystem, f"{root}/cells/{cell_id}/losses")
+    return storage.highest_number(names, r"attempt-(\d+)") + 1
+
+
+class LossSink:
+    """Buffers loss rows of one attempt and writes them as numbered Parquet parts."""
+
+    def __init__(self, store_uri: str, cell_id: str, attempt: int, flush_seconds: float = 5.0):
+        self.filesystem, root = storage.resolve(store_uri)
+        self.cell_dir = f"{root}/cells/{cell_id}"
+        self.directory = f"{self.cell_dir}/losses/attempt-{attempt}"
+        self.filesystem.create_dir(self.directory, recursive=True)
+        self.cell_id, self.attempt = cell_id, attempt
+        self.flush_seconds = flush_seconds
+        self.rows: list[dict[str, Any]] = []
+        self.parts_written = 0
+        self.last_flush = time.monotonic()
+
+    def append(self, **row: Any) -> None:
+        """Add one step's row (LOSS_SCHEMA less cell_id and attempt); flush when it is time."""
+        self.rows.append(row)
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.rows:
+            return
+        columns = {name: [row.get(name) for row in self.rows] for name in LOSS_SCHEMA.names[2:]}
+        for name, values in columns.items():
+            if any(isinstance(value, torch.Tensor) for value in values):
+                columns[name] = _floats(values)
+        count = len(self.rows)
+        rows = [
+            {"cell_id": self.cell_id, "attempt": self.attempt}
+            | {name: values[i] for name, values in columns.items()}
+            for i in range(count)
+        ]
+        path = f"{self.directory}/part-{self.parts_written:06d}.parquet"
+        storage.write_atomic(self.filesystem, path, table_bytes(rows, LOSS_SCHEMA))
+        self.parts_written += 1
+        self.rows = []
+
+    def write_result(self, row: dict[str, Any]) -> None:
+        """Flush pending losses, then write the cell's one-row `result.parquet`."""
+        self.flush()
+        row = row | {"cell_id": self.cell_id, "attempt": self.attempt}
+        row.setdefault("finished_at", datetime.now(timezone.utc))
+        data = table_bytes([row], RESULT_SCHEMA)
+        storage.write_atomic(self.filesystem, f"{self.cell_dir}/result.parquet", data)
+
+
+def _floats(values: list[Any]) -> list[float | None]:
+    """Convert a column of 0-d tensors / numbers / None with one device transfer."""
+    tensors = [value for value in values if isinstance(value, torch.Tensor)]
+    converted = iter(torch.stack([t.detach().float() for t in tensors]).cpu().tolist())
+    return [next(converted) if isinstance(value, torch.Tensor) else value for value in values]
+
+
+def read_losses(store_uri: str, cell_id: str) -> pa.Table:
+    """All loss rows of a cell, one per step: the row from the highest attempt wins."""
+    filesystem, root = storage.resolve(store_uri)
+    losses = f"{root}/cells/{cell_id}/losses"
+    tables = []
+    for attempt in storage.list_names(filesystem, losses):
+        for part in storage.list_names(filesystem, f"{losses}/{attempt}"):
+            data = storage.read_bytes(filesystem, f"{losses}/{attempt}/{part}")
+            tables.append(pq.read_table(io.BytesIO(data)))
+    if not tables:
+        return LOSS_SCHEMA.empty_table()
+    table = pa.concat_tables(tables).sort_by([("step", "ascending"), ("attempt", "descending")])
+    steps = table.column("step").to_numpy()
+    keep = [0, *[i for i in range(1, len(steps)) if steps[i] != steps[i - 1]]]
+    return table.take(keep)
+
+
+def read_result(store_uri: str, cell_id: str) -> dict[str, Any]:
+    filesystem, root = storage.resolve(store_uri)
+    data = storage.read_bytes(filesystem, f"{root}/cells/{cell_id}/result.parquet")
+    return pq.read_table(io.BytesIO(data)).to_pylist()[0]

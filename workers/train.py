@@ -1,0 +1,277 @@
+"""Train one cell: a compressed Llama-style decoder for D tokens; the result is the final val loss.
+
+The loop reads top to bottom: build the model over the cell's representation, resume from the
+latest checkpoint if there is one, then for each step: mask schedule, learning rate, this rank's
+slice of the global batch (a pure function of seed and step), gradient accumulation, clipping,
+AdamW, a loss row, and a checkpoint every `checkpoint_every` steps. Rank 0 writes rows and
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from compscale.formats import parse
+from workers import checkpoint, data, storage
+from workers.compressed_linear import linear_factory, sparsity_at, update_masks
+from workers.config import CellConfig, TrainConfig
+from workers.distributed import Runtime, close_runtime, init_runtime
+from workers.model import Transformer
+from workers.sink import LossSink, next_attempt
+
+# Masks are recomputed this many times over the sparsity ramp (and once at its end), then frozen.
+MASK_UPDATES_PER_RAMP = 64
+
+
+def run_cell(cell: CellConfig | dict, store_uri: str) -> dict[str, Any]:
+    """Train `cell` (resuming from its latest checkpoint in the store) and return its result row."""
+    cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
+    runtime = init_runtime(cell.world_size)
+    try:
+        return train(cell, store_uri, runtime)
+    finally:
+        close_runtime(runtime)
+
+
+def plan_steps(cell: CellConfig, world_size: int) -> tuple[int, int, int]:
+    """(optimizer steps, per-rank micro-batch in sequences, micro-batches per step) for a cell."""
+    train_config, seq_len = cell.train, cell.model.seq_len
+    tokens_per_step = train_config.batch_size * seq_len
+    steps = cell.tokens // tokens_per_step
+    if steps == 0:
+        raise ValueError(
+            f"tokens={cell.tokens} is less than one global batch "
+            f"({train_config.batch_size} x {seq_len} = {tokens_per_step} tokens)"
+        )
+    if train_config.batch_size % world_size:
+        raise ValueError(f"batch_size={train_config.batch_size} is not divisible by {world_size=}")
+    per_rank = train_config.batch_size // world_size
+    micro = train_config.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ValueError(f"per-rank batch {per_rank} is not divisible by micro_batch_size={micro}")
+    return steps, micro, per_rank // micro
+
+
+def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warmup over `warmup_fraction` of the steps, then cosine decay to `min_lr_ratio`."""
+    warmup = int(config.warmup_fraction * total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm weights are 1-d and stay undecayed)."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": matrices, "weight_decay": config.weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.type == "cuda"
+    )
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 where asked, or on CUDA under "auto"; None means plain fp32."""
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def hardware_label(runtime: Runtime) -> str:
+    if runtime.device.type == "cuda":
+        name = torch.cuda.get_device_name(runtime.device)
+    else:
+        name = f"cpu {platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{name} x{runtime.world_size}"
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The torch seed of one step, the same on every rank (noise-injecting formats draw from it)."""
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    source: data.TokenSource,
+    cell: CellConfig,
+    runtime: Runtime,
+    micro_batch: int,
+    dtype: torch.dtype | None,
+) -> float:
+    """Mean cross-entropy (nats per token) over the fixed held-out windows, shared across ranks."""
+    windows = data.validation_windows(
+        source.val,
+        eval_tokens=cell.train.eval_tokens,
+        seq_len=cell.model.seq_len,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+    )
+    totals = torch.zeros(2, dtype=torch.float64, device=runtime.device)
+    for chunk in torch.from_numpy(windows).to(runtime.device).split(micro_batch):
+        with torch.autocast(runtime.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(chunk[:, :-1])
+        losses = F.cross_entropy(
+            logits.flatten(0, 1).float(), chunk[:, 1:].flatten(), reduction="sum"
+        )
+        totals += torch.stack(
+            [losses.double(), torch.tensor(chunk[:, 1:].numel(), device=totals.device)]
+        )
+    if runtime.world_size > 1:
+        dist.all_reduce(totals)
+    return (totals[0] / totals[1]).item()
+
+
+def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
+    """The training loop of one cell on one rank; returns the result row (on every rank)."""
+    started = time.perf_counter()
+    config, seq_len = cell.train, cell.model.seq_len
+    fmt = parse(cell.format)
+    source = data.load_tokens(cell.data)
+    if source.vocab_size > cell.model.vocab_size:
+        raise ValueError(
+            f"data vocabulary {source.vocab_size} exceeds model vocab_size={cell.model.vocab_size}"
+        )
+    total_steps, micro_batch, accumulation = plan_steps(cell, runtime.world_size)
+    tokens_per_step = config.batch_size * seq_len
+    dtype = autocast_dtype(config, runtime.device)
+
+    torch.manual_seed(cell.seed)
+    model = Transformer(cell.model, linear_factory(fmt)).to(runtime.device)
+    optimizer = make_optimizer(model, config, runtime.device)
+    start_step = 0
+    if (state := checkpoint.load_latest(store_uri, cell.cell_id, runtime.device)) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = state["steps"]
+
+    ddp = model
+    if runtime.world_size > 1:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    forward = torch.compile(ddp) if config.compile else ddp
+
+    sink = None
+    if runtime.is_main:
+        _write_cell_json(store_uri, cell)
+        sink = LossSink(store_uri, cell.cell_id, next_attempt(store_uri, cell.cell_id))
+    ramp_steps = int(config.sparsity_ramp_fraction * total_steps)
+    mask_interval = max(1, ramp_steps // MASK_UPDATES_PER_RAMP)
+
+    loop_started = previous = time.perf_counter()
+    val_loss = None
+    for step in range(start_step, total_steps):
+        torch.manual_seed(step_seed(cell.seed, step))
+        if (
+            fmt.sparsity > 0
+            and step <= ramp_steps
+            and (step % mask_interval == 0 or step == ramp_steps)
+        ):
+            update_masks(
+                model, sparsity_at(step, total_steps, fmt.sparsity, config.sparsity_ramp_fraction)
+            )
+        lr = learning_rate(step, total_steps, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        windows = data.batch_windows(
+            source.train,
+            seed=cell.seed,
+            step=step,
+            batch_size=config.batch_size,
+            seq_len=seq_len,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+        )
+        train_loss = torch.zeros((), device=runtime.device)
+        for index, chunk in enumerate(
+            torch.from_numpy(windows).to(runtime.device).split(micro_batch)
+        ):
+            last_micro = index == accumulation - 1
+            no_sync = (
+                ddp.no_sync() if ddp is not model and not last_micro else contextlib.nullcontext()
+            )
+            with no_sync:
+                with torch.autocast(runtime.device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = forward(chunk[:, :-1])
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), chunk[:, 1:].flatten())
+                (loss / accumulation).backward()
+            train_loss += loss.detach() / accumulation
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if runtime.world_size > 1:
+            dist.all_reduce(train_loss)
+            train_loss /= runtime.world_size
+
+        done = step + 1
+        evaluated = done == total_steps or bool(config.eval_every and done % config.eval_every == 0)
+        step_val_loss = (
+            evaluate(model, source, cell, runtime, micro_batch, dtype) if evaluated else None
+        )
+        val_loss = step_val_loss if evaluated else val_loss
+        now = time.perf_counter()
+        if sink is not None:
+            sink.append(
+                step=step,
+                tokens=done * tokens_per_step,
+                train_loss=train_loss,
+                val_loss=step_val_loss,
+                lr=lr,
+                grad_norm=grad_norm,
+                tokens_per_s=tokens_per_step / (now - previous),
+                wall_time_s=now - started,
+            )
+        previous = now
+        due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps
+        if due and runtime.is_main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            checkpoint.save(store_uri, cell.cell_id, done, state)
+
+    trained_steps = total_steps - start_step
+    train_seconds = time.perf_counter() - loop_started
+    result = {
+        "cell_id": cell.cell_id,
+        "model": cell.model_label,
+        "params": cell.params,
+        "tokens": cell.tokens,
+        "format": cell.format,
+        "seed": cell.seed,
+        "val_loss": val_loss,
+        "train_loss": float(train_loss),
+        "steps": total_steps,
+        "wall_time_s": time.perf_counter() - started,
+        "tokens_per_s": trained_steps * tokens_per_step / max(train_seconds, 1e-9),
+        "hardware": hardware_label(runtime),
+        "world_size": runtime.world_size,
+        "data_fingerprint": source.fingerprint,
+    }
+    if sink is not None:
+        sink.write_result(result)
+        result["attempt"] = sink.attempt
+    return result
+
+
+def _write_cell_json(store_uri: str, cell: CellConfig) -> None:
+    """Write `cell.json` (the canonical config) when the orchestrator has not already."""
+    filesystem, root = storage.resolve(store_uri)
+    path = f"{root}/cells/{cell.cell_id}/cell.json"
+    if not storage.is_file(filesystem, path):
+        storage.write_atomic(filesystem, path, cell.model_dump_json(indent=1).encode())
