@@ -45,14 +45,14 @@ class Reduction:
         written = []
         for name in TABLES:
             path = out / f"{name}.parquet"
-            _atomic_write(path, getattr(self, name).to_parquet)
+            atomic_write(path, getattr(self, name).to_parquet)
             written.append(path)
         document = {"metrics": self.metrics} | {
             name: json.loads(getattr(self, name).to_json(orient="records")) for name in TABLES
         }
         path = out / JSON_NAME
         text = json.dumps(document, indent=2, default=_json_default)
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         written.append(path)
         return written
 
@@ -88,6 +88,10 @@ class Reduction:
             frame = getattr(self, name)
             if frame.empty:
                 continue
+            if name == "composition":
+                frame = frame[["format", "rho", "rho_product", "ratio", "ratio_ci_low"]].assign(
+                    ratio_ci_high=frame["ratio_ci_high"], flagged=frame["flagged"]
+                )
             table = Table(title=title)
             for column in frame.columns:
                 table.add_column(str(column), justify="right")
@@ -123,7 +127,8 @@ def _json_default(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Write via `write(tmp_name)` beside `path`, then rename: readers see old or new, not half."""
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:

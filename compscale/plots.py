@@ -1,0 +1,191 @@
+"""Paper figures from a reduction: loss vs N per format with the fitted law, rho vs effective bits
+with the tanh(GMSE) law, predicted vs observed loss, and composition of capacities.
+
+PNG through matplotlib's `Figure` API (rendered by Agg, never pyplot), so no display is needed and
+no global figure state leaks between calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from compscale.reduce import Reduction, atomic_write
+
+MAX_CURVES = 8
+
+
+def _law_loss(reduction: Reduction, params: np.ndarray, tokens: np.ndarray, rho: float):
+    law = reduction.law.set_index("parameter")["value"]
+    return law["A"] * (params * rho) ** -law["alpha"] + law["B"] * tokens ** -law["beta"] + law["E"]
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=130))
+    return path
+
+
+def _curve_groups(results: pd.DataFrame) -> tuple[str, pd.Series] | None:
+    """How to draw law curves: at fixed D, or at fixed tokens per parameter (grids that scale D
+    with N); None when either has more than MAX_CURVES values."""
+    if results["tokens"].nunique() <= MAX_CURVES:
+        return "D", results["tokens"].astype(float)
+    ratio = (results["tokens"] / results["params"]).round(decimals=6)
+    if ratio.nunique() <= MAX_CURVES:
+        return "D/N", ratio
+    return None
+
+
+def _loss_vs_params(reduction: Reduction, results: pd.DataFrame, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    formats = list(reduction.rho["format"])
+    rho = dict(zip(reduction.rho["format"], reduction.rho["rho"], strict=True))
+    columns = min(4, len(formats))
+    rows = -(-len(formats) // columns)
+    figure = Figure(figsize=(3.6 * columns, 3.0 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True).ravel()
+    groups = _curve_groups(results)
+    grid = np.geomspace(results["params"].min(), results["params"].max(), 100)
+    for axis, name in zip(axes, formats, strict=False):
+        mask = results["format"] == name
+        cells = results[mask]
+        if groups is None:
+            axis.scatter(cells["params"], cells["val_loss"], s=12, label="observed")
+            predicted = _law_loss(reduction, cells["params"], cells["tokens"], rho[name])
+            axis.scatter(cells["params"], predicted, marker="x", s=14, color="k", label="law")
+        else:
+            label, key = groups
+            values = np.sort(key.unique())
+            for colour, value in zip(_colours(len(values)), values, strict=True):
+                group = cells[key[mask] == value]
+                axis.scatter(group["params"], group["val_loss"], s=12, color=colour)
+                tokens = np.full_like(grid, value) if label == "D" else grid * value
+                loss = _law_loss(reduction, grid, tokens, rho[name])
+                axis.plot(grid, loss, color=colour, lw=1, label=f"{label}={value:.3g}")
+        axis.set_xscale("log")
+        axis.set_title(f"{name} (rho={rho[name]:.3g})", fontsize=9)
+        axis.set_xlabel("N (non-embedding parameters)")
+        axis.set_ylabel("validation loss (nats)")
+    for axis in axes[len(formats) :]:
+        axis.set_visible(False)
+    axes[0].legend(fontsize=7)
+    figure.suptitle("Loss vs model size per format; lines: fitted unified law")
+    return _save(figure, path)
+
+
+def _colours(count: int) -> list:
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](value) for value in np.linspace(0, 0.9, max(count, 1))][:count]
+
+
+def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    from compscale.capacity import capacity
+
+    figure = Figure(figsize=(6, 4.2))
+    axis = figure.subplots()
+    table = reduction.rho[reduction.rho["gmse"] > 0]
+    error = [table["rho"] - table["ci_low"], table["ci_high"] - table["rho"]]
+    error = None if table["ci_low"].isna().all() else np.abs(np.array(error, dtype=float))
+    axis.errorbar(table["effective_bits"], table["rho"], yerr=error, fmt="o", capsize=3)
+    for row in table.itertuples():
+        axis.annotate(
+            row.format,
+            (row.effective_bits, row.rho),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    if not reduction.capacity.empty:
+        law = reduction.capacity.set_index("parameter")["value"]
+        bits = np.linspace(0.05, max(table["effective_bits"].max(), 1.0) * 1.1, 200)
+        axis.plot(
+            bits,
+            capacity(4.0**-bits, law["L"], law["F"], law["C"]),
+            "k-",
+            lw=1,
+            label=f"L tanh(F b)^C: L={law['L']:.3g}, F={law['F']:.3g}, C={law['C']:.3g}",
+        )
+        axis.legend(fontsize=8)
+    axis.set_xlabel("effective bits b = log_1/4(GMSE)")
+    axis.set_ylabel("capacity rho (95% CI)")
+    axis.set_title("Capacity vs Gaussian MSE")
+    return _save(figure, path)
+
+
+def _predicted_vs_observed(reduction: Reduction, results: pd.DataFrame, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    rho = dict(zip(reduction.rho["format"], reduction.rho["rho"], strict=True))
+    cell_rho = results["format"].map(rho).to_numpy(dtype=float)
+    predicted = _law_loss(reduction, results["params"], results["tokens"], cell_rho)
+    figure = Figure(figsize=(5, 5))
+    axis = figure.subplots()
+    axis.scatter(results["val_loss"], predicted, s=10, alpha=0.6, label="fit on all cells")
+    if not reduction.heldout.empty:
+        held = reduction.heldout
+        axis.scatter(
+            held["observed"],
+            held["predicted"],
+            s=18,
+            marker="x",
+            color="C3",
+            label="held out (fit on the rest)",
+        )
+    low = min(results["val_loss"].min(), np.min(predicted))
+    high = max(results["val_loss"].max(), np.max(predicted))
+    axis.plot([low, high], [low, high], "k--", lw=1)
+    axis.set_xlabel("observed loss (nats)")
+    axis.set_ylabel("predicted loss (nats)")
+    axis.set_title("Unified law: predicted vs observed")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _composition(reduction: Reduction, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    table = reduction.composition
+    figure = Figure(figsize=(5, 5))
+    axis = figure.subplots()
+    error = None
+    if not table["ratio_ci_low"].isna().all():
+        low = table["ratio_ci_low"] * table["rho_product"]
+        high = table["ratio_ci_high"] * table["rho_product"]
+        error = np.abs(np.array([table["rho"] - low, high - table["rho"]], dtype=float))
+    colours = ["C3" if flagged else "C0" for flagged in table["flagged"]]
+    axis.errorbar(table["rho_product"], table["rho"], yerr=error, fmt="none", ecolor="grey")
+    axis.scatter(table["rho_product"], table["rho"], c=colours, zorder=3)
+    for row in table.itertuples():
+        axis.annotate(
+            row.format,
+            (row.rho_product, row.rho),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    axis.plot([0, 1], [0, 1], "k--", lw=1)
+    axis.set_xlabel("rho(A) x rho(B)")
+    axis.set_ylabel("rho(A+B) fitted (95% CI)")
+    axis.set_title("Composition of capacities (red: flagged)")
+    return _save(figure, path)
+
+
+def write_figures(reduction: Reduction, results: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write the figures as PNG into `out_dir`; the composition figure only if a pair was fitted."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = results.assign(format=results["format"].astype(str))
+    paths = [
+        _loss_vs_params(reduction, results, out / "loss_vs_params.png"),
+        _rho_vs_gmse(reduction, out / "rho_vs_gmse.png"),
+        _predicted_vs_observed(reduction, results, out / "predicted_vs_observed.png"),
+    ]
+    if not reduction.composition.empty:
+        paths.append(_composition(reduction, out / "composition.png"))
+    return paths
