@@ -88,7 +88,7 @@ def test_bad_strings_raise_one_line_value_error(text):
     assert isinstance(caught.value, ValueError)
     message = str(caught.value)
     assert "\n" not in message
-    assert repr(text.strip().lower()) in message or text.split("-")[0] in message
+    assert repr(text.strip().lower()) in message
 
 
 def test_unknown_string_error_lists_the_grammar():
@@ -206,7 +206,6 @@ def test_fp4_absmax_lands_on_the_e2m1_grid():
     scale = w.abs().amax(dim=1, keepdim=True) / 6.0
     grid = torch.tensor(FLOAT_GRIDS[4].levels(), dtype=torch.float32)
     assert set(grid.abs().tolist()) == {0, 0.5, 1, 1.5, 2, 3, 4, 6}
-    assert torch.allclose(out / scale, (out / scale).round(decimals=1))
     assert set((out / scale).round(decimals=4).unique().tolist()) <= set(grid.tolist())
 
 
