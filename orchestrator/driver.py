@@ -94,16 +94,8 @@ def execute_cell(
     cell = CellConfig.model_validate_json(cell_json)
     cell_id, host, pid = cell.cell_id, socket.gethostname(), os.getpid()
     last = store.status(cell_id)
-    if last.state == "running":  # the previous attempt died without a word (SIGKILL, lost node)
-        store.record(
-            cell_id,
-            "failed",
-            last.attempt,
-            host=last.event.get("host"),
-            pid=last.event.get("pid"),
-            error_class="WorkerDied",
-            message=f"attempt {last.attempt} stopped reporting (process killed or node lost)",
-        )
+    if last.state == "running":  # Ray retries a task whose process died (SIGKILL, lost node)
+        record_death(store, last, "its process died (killed or node lost); Ray retried the task")
     attempt = store.next_attempt(cell_id)
     store.record(cell_id, "running", attempt, host=host, pid=pid)
     store.heartbeat(cell_id, attempt, host, pid)
@@ -141,6 +133,19 @@ def execute_cell(
         "tokens_per_s": float(result.get("tokens_per_s", 0.0) or 0.0),
         "wall_time_s": wall,
     }
+
+
+def record_death(store: Store, status: CellStatus, how: str) -> None:
+    """Record that a `running` attempt ended without a word, so the history shows every failure."""
+    store.record(
+        status.cell_id,
+        "failed",
+        status.attempt,
+        host=status.event.get("host"),
+        pid=status.event.get("pid"),
+        error_class="WorkerDied",
+        message=f"attempt {status.attempt} stopped: {how}",
+    )
 
 
 def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFunction:
@@ -241,6 +246,8 @@ def drive(
     waiting: dict[str, CellConfig] = {}
     for item in planned:
         if item.action in ("run", "rerun"):
+            if item.status.state == "running":  # its lease expired: that attempt is dead
+                record_death(store, item.status, "its heartbeat lease expired")
             queue.append(_InFlight(item.cell, 0))
         elif item.action == "wait":
             waiting[item.cell.cell_id] = item.cell
@@ -317,6 +324,8 @@ def drive(
                         progress.move("waiting", "done", f"done elsewhere {cell_id}")
                     elif status.state != "running" or status.is_stale(lease_s):
                         del waiting[cell_id]
+                        if status.state == "running":
+                            record_death(store, status, "its heartbeat lease expired")
                         queue.append(_InFlight(cell, 0))
                         progress.move("waiting", "pending", f"lease expired {cell_id}")
             while queue and len(in_flight) < max_in_flight:

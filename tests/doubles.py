@@ -6,6 +6,8 @@ result row, and is steered by marker files in `<store>/../double/` so that tests
 - `fail/<cell_id>`: raise every time (until the file is removed: "the cause is fixed");
 - `kill/<cell_id>`: SIGKILL its own process after the first flush, once (the file is consumed);
 - `sleep_s`: total seconds a cell sleeps (default 0.2).
+A cell of world size k > 1 checks that it runs in a torch process group of k ranks (all_reduce);
+only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def run_cell(cell: CellConfig | dict, store_uri: str) -> dict:
         time.sleep(sleep_s / 4)
         raise InjectedFailure(f"injected failure of {cell.cell_id}")
 
+    if cell.world_size > 1 and _rank_in_process_group(cell.world_size) != 0:
+        return {}  # like the real worker, only rank 0 writes rows and the result
     started = time.perf_counter()
     tokens_per_step = max(cell.tokens // STEPS, 1)
     rows: list[dict] = []
@@ -104,6 +108,20 @@ def run_cell(cell: CellConfig | dict, store_uri: str) -> dict:
     table = pa.Table.from_pylist([result], schema=RESULT_SCHEMA)
     store.write_atomic(store.path("cells", cell.cell_id, "result.parquet"), _parquet_bytes(table))
     return result
+
+
+def _rank_in_process_group(world_size: int) -> int:
+    """This process's rank, after proving the group of `world_size` processes really talks."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() != world_size:
+        raise RuntimeError(f"expected a torch process group of {world_size} processes")
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    if int(total.item()) != world_size:
+        raise RuntimeError(f"all_reduce over {world_size} ranks gave {total.item()}")
+    return dist.get_rank()
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -2,6 +2,7 @@
 SIGKILLed worker is retried, a raising cell ends failed with its traceback, done cells
 are skipped."""
 
+import time
 from pathlib import Path
 
 import doubles
@@ -98,3 +99,57 @@ def test_faults_are_retried_recorded_and_rerun_on_request(ray_local, tmp_path):
     assert store.status(failing).attempt == 3
     assert store.status(healthy).attempt == 1  # never rerun
     assert len(store.results("faults")) == 3
+
+
+def test_a_cell_running_under_a_live_lease_is_waited_for_then_run_once_the_lease_expires(
+    ray_local, tmp_path
+):
+    store = Store(tmp_path / "store")
+    spec = parse_spec(SPEC)
+    cell = expand(spec)[0]
+    store.put_cell(cell)
+    store.record(cell.cell_id, "running", 1, host="elsewhere", pid=1)
+    store.heartbeat(cell.cell_id, 1, "elsewhere", 1)  # then that worker goes silent
+    planned = plan([cell], store, lease_s=2)
+    assert [item.action for item in planned] == ["wait"]
+    started = time.monotonic()
+    counts = drive(
+        spec.name,
+        planned,
+        store,
+        resources=spec.resources,
+        retries=0,
+        cell_fn=doubles.run_cell,
+        lease_s=2,
+    )
+    assert counts["done"] == 1
+    assert time.monotonic() - started >= 2  # it did not steal the cell while the lease held
+    events = store.query(
+        f"select state, attempt, error_class from events where cell_id = '{cell.cell_id}' "
+        "and state in ('running', 'failed', 'done') order by recorded_at"
+    ).fetchall()
+    assert events == [
+        ("running", 1, None),
+        ("failed", 1, "WorkerDied"),
+        ("running", 2, None),
+        ("done", 2, None),
+    ]
+
+
+@pytest.mark.heavy
+def test_a_cell_of_world_size_two_runs_ddp_in_two_ray_train_workers(ray_local, tmp_path):
+    store = Store(tmp_path / "store")
+    spec = parse_spec("name: ddp\nmodels: [tiny]\ntokens: [8000]\nformats: [int4]\nworld_size: 2\n")
+    (cell,) = expand(spec)
+    counts = drive(
+        spec.name,
+        plan([cell], store),
+        store,
+        resources=spec.resources,
+        retries=0,
+        cell_fn=doubles.run_cell,
+    )
+    assert counts["done"] == 1, store.status(cell.cell_id).event
+    rows = store.query("select count(*), count(distinct step) from losses_raw").fetchall()
+    assert rows == [(8, 8)]  # rank 0 alone wrote each step once
+    assert store.query("select world_size from results").fetchall() == [(2,)]
