@@ -296,6 +296,9 @@ def rerun(args: argparse.Namespace) -> int:
     )
     if args.failed:
         planned = [item for item in planned if item.status.state == "failed"]
+    done = sum(item.action == "skip" for item in planned)
+    if done:
+        print(f"{done} of the given cells are done; add --force to rerun them")
     return _run(args, spec, store, planned)
 
 

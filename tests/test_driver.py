@@ -2,6 +2,7 @@
 SIGKILLed worker is retried, a raising cell ends failed with its traceback, done cells
 are skipped."""
 
+import json
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import doubles
 import pytest
 
 from orchestrator.cells import expand
+from orchestrator.cli import main
 from orchestrator.driver import drive, plan
 from orchestrator.spec import parse_spec
 from orchestrator.store import Store
@@ -57,7 +59,7 @@ def mark(tmp_path: Path, kind: str, cell_id: str) -> Path:
     return marker
 
 
-def test_faults_are_retried_recorded_and_rerun_on_request(ray_local, tmp_path):
+def test_faults_are_retried_recorded_and_rerun_on_request(ray_local, tmp_path, capsys):
     store = Store(tmp_path / "store")
     killed, failing, healthy = (cell.cell_id for cell in expand(parse_spec(SPEC)))
     mark(tmp_path, "kill", killed)
@@ -92,13 +94,28 @@ def test_faults_are_retried_recorded_and_rerun_on_request(ray_local, tmp_path):
     assert actions == {killed: "skip", failing: "hold", healthy: "skip"}
     assert submit(store) == {"done": 0, "failed": 0, "cancelled": 0}
 
-    # After the cause is fixed, rerunning the failed cells makes them done.
+    # `compscale status --json` carries the traceback; after the cause is fixed, `compscale rerun
+    # --failed` makes the cell done (in process: the CLI reuses the Ray this module started).
+    cli = ["--store", store.uri]
+    capsys.readouterr()
+    assert main(["status", "faults", "--json", *cli]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {row["cell_id"]: row for row in map(json.loads, lines)}
+    assert "InjectedFailure: injected failure" in rows[failing]["traceback"]
     fail_marker.unlink()
-    assert submit(store, rerun_failed=True) == {"done": 1, "failed": 0, "cancelled": 0}
+    assert main(["rerun", "faults", "--failed", *cli, "--cell-fn", "doubles:run_cell"]) == 0
     assert store.status(failing).state == "done"
     assert store.status(failing).attempt == 3
     assert store.status(healthy).attempt == 1  # never rerun
     assert len(store.results("faults")) == 3
+
+    # A done cell reruns only when forced.
+    rerun_healthy = ["rerun", "faults", "--cells", healthy, *cli, "--cell-fn", "doubles:run_cell"]
+    assert main(rerun_healthy) == 0
+    assert "add --force" in capsys.readouterr().out
+    assert store.status(healthy).attempt == 1
+    assert main([*rerun_healthy, "--force"]) == 0
+    assert store.status(healthy).attempt == 2
 
 
 def test_a_cell_running_under_a_live_lease_is_waited_for_then_run_once_the_lease_expires(
