@@ -17,7 +17,8 @@ from workers.config import CellConfig, preset
 
 
 def load_cell_file(path: str | Path) -> CellConfig:
-    """Read a CellConfig from YAML or JSON; `model` may be a preset name such as `tiny`.
+    """Read a CellConfig from YAML or JSON; `model` may be a preset name such as `tiny`, or a
+    mapping with a `preset` key and fields that override it (e.g. `{preset: tiny, seq_len: 64}`).
 
     The format string is canonicalised (`str(parse(s))`) as the orchestrator does, so the cell id
     matches the one a sweep would give the same cell.
@@ -28,8 +29,12 @@ def load_cell_file(path: str | Path) -> CellConfig:
     fields: Any = yaml.safe_load(path.read_text())
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: expected a mapping of cell fields, got {type(fields).__name__}")
-    if isinstance(fields.get("model"), str):
-        fields["model"] = preset(fields["model"])
+    model = fields.get("model")
+    if isinstance(model, str):
+        fields["model"] = preset(model)
+    elif isinstance(model, dict) and "preset" in model:
+        overrides = {key: value for key, value in model.items() if key != "preset"}
+        fields["model"] = preset(model["preset"]).model_dump() | overrides
     if isinstance(fields.get("format"), str):
         from compscale.formats import parse
 

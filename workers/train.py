@@ -242,6 +242,7 @@ def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
         previous = now
         due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps
         if due and runtime.is_main:
+            sink.flush()  # rows up to a checkpoint are durable, so a resumed run leaves no gap
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
             checkpoint.save(store_uri, cell.cell_id, done, state)
 
