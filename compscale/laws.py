@@ -276,7 +276,7 @@ def _check_formats(obs: Observations, dense: str, law: str) -> None:
         )
 
 
-class _Problem:
+class Problem:
     """One law on one set of cells: log residuals, their Jacobian, and the Huber objective."""
 
     def __init__(self, law: Law, obs: Observations, delta: float):
@@ -448,22 +448,29 @@ def make_law(
     raise ValueError(f"law: unknown law {name!r}; choose chinchilla, unified or unified-gmse")
 
 
-def _local_minima(
-    problem: _Problem, top_starts: int, method: str
-) -> list[tuple[float, np.ndarray]]:
-    """Polish the best grid starts (and the best with E near 0 or with small alpha)."""
+def candidate_starts(problem: Problem, top_starts: int) -> list[np.ndarray]:
+    """Starts worth polishing: per start of the law's extra parameters, the `top_starts` best of
+    the whole grid by objective, plus the best two with E near 0 and the best two with small
+    alpha (the second minimum real grids hide)."""
     grid = start_grid()
-    found = []
+    starts = []
     for extra in problem.law.extra_starts():
         values = problem.grid_values(grid, extra)
         order = list(np.argsort(values)[:top_starts])
         for special in (grid[:, 4] <= -3.0, grid[:, 1] <= 0.2):
             candidates = np.flatnonzero(special)
             order += list(candidates[np.argsort(values[candidates])[:2]])
-        for index in dict.fromkeys(order):
-            theta, value = problem.polish(np.concatenate([grid[index], extra]), method)
-            if np.isfinite(value):
-                found.append((value, theta))
+        starts += [np.concatenate([grid[index], extra]) for index in dict.fromkeys(order)]
+    return starts
+
+
+def _local_minima(problem: Problem, top_starts: int, method: str) -> list[tuple[float, np.ndarray]]:
+    """Every polished start as (objective, theta), best first."""
+    found = []
+    for start in candidate_starts(problem, top_starts):
+        theta, value = problem.polish(start, method)
+        if np.isfinite(value):
+            found.append((value, theta))
     found.sort(key=lambda item: item[0])
     return found
 
@@ -534,7 +541,7 @@ def fit(
         )
     if delta <= 0:
         raise ValueError(f"delta: must be positive, got {delta}")
-    problem = _Problem(law_object, obs, delta)
+    problem = Problem(law_object, obs, delta)
     found = _local_minima(problem, top_starts, method)
     if not found:
         raise ValueError("fit: every start diverged; check that losses are in nats and positive")
@@ -549,7 +556,7 @@ def fit(
     warm = [theta] + ([runner_up[1]] if runner_up else [])
     samples = np.empty((bootstrap, len(columns)))
     for i in range(bootstrap):
-        resample = _Problem(law_object, obs.take(_bootstrap_rows(obs, rng)), delta)
+        resample = Problem(law_object, obs.take(_bootstrap_rows(obs, rng)), delta)
         best, _ = min((resample.polish(x, method) for x in warm), key=lambda item: item[1])
         samples[i] = _natural(law_object, best, obs, with_rho)
     ci = {}
