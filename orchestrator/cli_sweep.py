@@ -216,9 +216,15 @@ def submit(args: argparse.Namespace) -> int:
 
     spec, text, cells = load(args.spec)
     store = open_store(args)
+    cell_ids = [cell.cell_id for cell in cells]
+    if spec.name in store.sweep_names():
+        before = set(store.manifest(spec.name))
+        added, dropped = len(set(cell_ids) - before), len(before - set(cell_ids))
+        if added or dropped:
+            print(f"sweep {spec.name} changed: {added} cells added, {dropped} dropped")
     for cell in cells:
         store.put_cell(cell)
-    store.put_sweep(spec.name, text, [cell.cell_id for cell in cells])
+    store.put_sweep(spec.name, text, cell_ids)
     if args.detach:
         return _detach(args, spec.name, store)
     return _run(args, spec, store, plan_cells(cells, store, lease_s=args.lease_s or LEASE_S))
@@ -305,11 +311,14 @@ def rerun(args: argparse.Namespace) -> int:
 def query(args: argparse.Namespace) -> int:
     import duckdb
 
+    from orchestrator.store import VIEWS
+
     store = open_store(args)
     try:
         relation = store.query(args.sql)
     except duckdb.Error as error:
-        raise ValueError(str(error).splitlines()[0]) from None
+        views = ", ".join(VIEWS)
+        raise ValueError(f"{str(error).splitlines()[0]} (views: {views})") from None
     if relation is None:
         return 0
     if args.parquet:

@@ -66,6 +66,8 @@ def plan(
             action = "rerun"
         elif status.state == "done":
             action = "skip"
+        elif status.is_stale(lease_s) and store.has_result(cell.cell_id):
+            action = "skip"  # it finished, then its task died before recording `done`
         elif status.state == "failed":
             action = "rerun" if rerun_failed else "hold"
         elif status.state == "running" and not status.is_stale(lease_s):

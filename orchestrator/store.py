@@ -249,12 +249,11 @@ class Store:
         return self.exists(self.path("cells", cell_id, "result.parquet"))
 
     def status(self, cell_id: str) -> CellStatus:
-        """The cell's current state: done if its result exists, else its latest event's state."""
+        """The cell's current state: its latest event's, or done if it has none but a result (a
+        cell trained outside the orchestrator), else pending."""
         names = self.events(cell_id)
         event = self.read_json(self.path("cells", cell_id, "status", names[-1])) if names else {}
-        state = event.get("state", "pending")
-        if state != "done" and self.has_result(cell_id):
-            state = "done"
+        state = event.get("state") or ("done" if self.has_result(cell_id) else "pending")
         age = None
         if state == "running":
             beat_path = self.path("cells", cell_id, "heartbeat.json")

@@ -170,3 +170,13 @@ def test_a_cell_of_world_size_two_runs_ddp_in_two_ray_train_workers(ray_local, t
     rows = store.query("select count(*), count(distinct step) from losses_raw").fetchall()
     assert rows == [(8, 8)]  # rank 0 alone wrote each step once
     assert store.query("select world_size from results").fetchall() == [(2,)]
+
+
+def test_an_attempt_that_wrote_its_result_then_died_is_not_rerun(tmp_path):
+    store = Store(tmp_path / "store")
+    cell = expand(parse_spec(SPEC))[0]
+    store.record(cell.cell_id, "running", 1, host="h", pid=1)
+    doubles.run_cell(cell, store.uri)  # the result lands; then the task dies before `done`
+    stale = {"attempt": 1, "host": "h", "pid": 1, "unix_time": time.time() - 120}
+    store.write_json(store.path("cells", cell.cell_id, "heartbeat.json"), stale)
+    assert [item.action for item in plan([cell], store, lease_s=60)] == ["skip"]

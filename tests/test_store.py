@@ -66,10 +66,12 @@ def test_each_state_change_is_a_new_file_and_status_is_the_latest(store):
     assert not [n for n in listing if n.startswith(".tmp-")]  # temporaries were renamed away
 
 
-def test_a_cell_is_done_once_its_result_exists_even_without_a_done_event(store):
+def test_a_cell_with_a_result_and_no_events_is_done_but_a_new_attempt_takes_precedence(store):
     cell = make_cell()
-    write_result(store, cell, 2.5)
+    write_result(store, cell, 2.5)  # trained outside the orchestrator
     assert store.status(cell.cell_id).state == "done"
+    store.record(cell.cell_id, "running", 1, host="h", pid=1)  # a forced rerun
+    assert store.status(cell.cell_id).state == "running"
 
 
 def test_a_running_cell_whose_heartbeat_is_older_than_the_lease_is_stale(store):
