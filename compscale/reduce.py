@@ -47,11 +47,11 @@ class Reduction:
             path = out / f"{name}.parquet"
             atomic_write(path, getattr(self, name).to_parquet)
             written.append(path)
-        document = {"metrics": self.metrics} | {
+        document = {"metrics": _finite_or_none(self.metrics)} | {
             name: json.loads(getattr(self, name).to_json(orient="records")) for name in TABLES
         }
         path = out / JSON_NAME
-        text = json.dumps(document, indent=2, default=_json_default)
+        text = json.dumps(document, indent=2, default=_json_default, allow_nan=False)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         written.append(path)
         return written
@@ -119,6 +119,14 @@ def _cell_text(value: object) -> str:
     if isinstance(value, (float, np.floating)):
         return "" if math.isnan(value) else f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def _finite_or_none(metrics: dict) -> dict:
+    """Strict JSON has no NaN or infinity: such metrics are written as null."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in metrics.items()
+    }
 
 
 def _json_default(value: object) -> object:

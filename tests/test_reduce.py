@@ -107,7 +107,7 @@ def test_non_multiplicative_composition_is_flagged():
     assert any("sp50+int4" in text for text in reduction.metrics["warnings"])
 
 
-def test_default_gmse_comes_from_the_format_library():
+def test_default_gmse_comes_from_the_format_library(tmp_path):
     names = ["dense", "int2", "int3", "int4", "int8", "sp50"]
     from compscale.gmse import gmse
 
@@ -117,6 +117,9 @@ def test_default_gmse_comes_from_the_format_library():
     }
     reduction = reduce(sweep(rho, seeds=(0,)), bootstrap=0, holdout_fraction=0)
     table = reduction.rho.set_index("format")
+    assert math.isnan(reduction.metrics["seed_noise_log_loss"])  # one seed per cell
+    reduction.write(tmp_path)
+    assert Reduction.read(tmp_path).metrics["heldout_rmse_log_loss"] is None
     assert table.loc["int4", "bits_per_param"] == pytest.approx(4.0, abs=0.01)
     assert table.loc["int4", "gmse"] == pytest.approx(gmse("int4"))
     assert reduction.metrics["heldout_cells"] == 0
