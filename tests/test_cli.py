@@ -67,6 +67,7 @@ def running_events(store: Store, cell_id: str) -> int:
     return sum(name.endswith("-running.json") for name in store.events(cell_id))
 
 
+@pytest.mark.heavy
 def test_submit_smoke_starts_embedded_ray_runs_all_then_a_second_submit_runs_nothing(tmp_path):
     submitted = compscale("submit", str(REPO / "sweeps" / "smoke.yaml"), *DOUBLE, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
@@ -99,6 +100,7 @@ def test_submit_smoke_starts_embedded_ray_runs_all_then_a_second_submit_runs_not
     assert pq.read_table(out).num_rows == 4 * 8  # the double writes 8 steps a cell
 
 
+@pytest.mark.heavy
 def test_a_killed_driver_restarted_finishes_without_rerunning_done_cells(tmp_path):
     formats = ["dense", "int4", "int8", "sp50", "int2", "int3"]
     spec = write_spec(tmp_path / "resume.yaml", "resume", formats, max_in_flight=2)
@@ -139,6 +141,7 @@ def test_a_killed_driver_restarted_finishes_without_rerunning_done_cells(tmp_pat
         assert running_events(store, cell_id) == 1  # never rerun
 
 
+@pytest.mark.heavy
 def test_detached_submit_can_be_cancelled(tmp_path):
     spec = write_spec(
         tmp_path / "slow.yaml", "slow", ["dense", "int4", "int8", "int2"], max_in_flight=1
