@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "compscale.cli_fit",
     "workers.cli",
     "orchestrator.cli_sweep",
+    "orchestrator.cli_report",
 )
 
 

@@ -203,6 +203,14 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
+def auto_in_flight(cluster: dict[str, float], resources: Resources, planned: list[Planned]) -> int:
+    """Twice the cells the cluster runs at once (by CPUs and GPUs): none waits on the driver."""
+    world = max((item.cell.world_size for item in planned), default=1)
+    per_cell = {"CPU": resources.cpus * world, "GPU": resources.gpus * world}
+    fits = [cluster.get(kind, 0) / need for kind, need in per_cell.items() if need > 0]
+    return max(2, int(2 * min(fits, default=cluster.get("CPU", 1))))
+
+
 @dataclass
 class _InFlight:
     cell: CellConfig
@@ -240,8 +248,7 @@ def drive(
     ddp_fn = ddp_cell_function(cell_fn, resources)
     task = ray.remote(execute_cell)
     if max_in_flight <= 0:
-        slots = ray.cluster_resources().get("CPU", 1) / max(resources.cpus * 1, 0.5)
-        max_in_flight = max(2, int(2 * slots))
+        max_in_flight = auto_in_flight(ray.cluster_resources(), resources, planned)
 
     progress = progress or Progress(sweep, len(planned), quiet=True)
     queue: deque[_InFlight] = deque()
@@ -290,6 +297,15 @@ def drive(
                 queue.append(item)
                 progress.move("running", "pending", f"retry {cell_id} after {kind}")
             else:
+                if store.status(cell_id).state != "failed":  # the task failed before the cell
+                    store.record(
+                        cell_id,
+                        "failed",
+                        0,
+                        error_class=kind,
+                        message=str(error.cause or error).splitlines()[0],
+                        traceback=str(error),
+                    )
                 counts["failed"] += 1
                 progress.move("running", "failed", f"failed {cell_id}: {kind}")
         except ray.exceptions.RayError as error:  # the worker died more often than Ray retries

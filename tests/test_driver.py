@@ -11,8 +11,8 @@ import pytest
 
 from orchestrator.cells import expand
 from orchestrator.cli import main
-from orchestrator.driver import drive, plan
-from orchestrator.spec import parse_spec
+from orchestrator.driver import Planned, auto_in_flight, drive, plan
+from orchestrator.spec import Resources, parse_spec
 from orchestrator.store import Store
 
 SPEC = """
@@ -180,3 +180,17 @@ def test_an_attempt_that_wrote_its_result_then_died_is_not_rerun(tmp_path):
     stale = {"attempt": 1, "host": "h", "pid": 1, "unix_time": time.time() - 120}
     store.write_json(store.path("cells", cell.cell_id, "heartbeat.json"), stale)
     assert [item.action for item in plan([cell], store, lease_s=60)] == ["skip"]
+
+
+def test_cells_in_flight_default_to_twice_what_the_cluster_runs_at_once(tmp_path):
+    cells = expand(parse_spec(SPEC))
+    planned = plan(cells, Store(tmp_path / "store"))
+    cpu_only, gpus = Resources(cpus=1), Resources(cpus=2, gpus=1)
+    assert auto_in_flight({"CPU": 16.0}, cpu_only, planned) == 32
+    assert auto_in_flight({"CPU": 16.0, "GPU": 4.0}, gpus, planned) == 8  # GPUs bind first
+    ddp = [
+        Planned(c.model_copy(update={"world_size": 4}), p.status, "run")
+        for c, p in zip(cells, planned, strict=True)
+    ]
+    assert auto_in_flight({"CPU": 16.0}, cpu_only, ddp) == 8
+    assert auto_in_flight({"CPU": 1.0}, Resources(cpus=4), planned) == 2  # never below 2
