@@ -1,7 +1,7 @@
 """Sweep commands: validate, plan, submit, status, rerun, query, cancel.
 
 The store is `--store`, else $COMPSCALE_STORE, else `./store`. Ray is imported only by the commands
-that run cells (submit, rerun), so validate / plan / status / query answer in well under a second.
+that run cells (submit, rerun); the others never start it.
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODULE:FUNCTION",
         help="the cell function (default workers:run_cell; tests and benchmarks pass a double)",
     )
-    runner.add_argument("--heartbeat-s", type=float, default=None, help=argparse.SUPPRESS)
-    runner.add_argument("--lease-s", type=float, default=None, help=argparse.SUPPRESS)
+    runner.add_argument(
+        "--heartbeat-s", type=float, help="seconds between a running cell's lease renewals (10)"
+    )
+    runner.add_argument(
+        "--lease-s", type=float, help="a running cell silent this many seconds is dead (60)"
+    )
 
     command = subparsers.add_parser("validate", help="check a sweep spec without running anything")
     command.add_argument("spec", help="sweep YAML")

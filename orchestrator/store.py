@@ -117,7 +117,10 @@ class Store:
     def __init__(self, uri: str | os.PathLike[str]):
         text = os.fspath(uri)
         if "://" in text:
-            self.fs, self.root = pafs.FileSystem.from_uri(text)
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(text)
+            except (pa.ArrowException, OSError) as error:
+                raise ValueError(f"store {text!r}: {error}") from None
             self.uri = text
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(text)
