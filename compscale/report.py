@@ -71,12 +71,35 @@ def render_html(title: str, sections: Sequence[Section], footer: str = "") -> st
     return "\n".join(parts)
 
 
-def write_report(out_dir: Path, title: str, sections: Sequence[Section], footer: str = "") -> Path:
-    """Write `report.html` into `out_dir` atomically (temp file + rename) and return its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "report.html"
-    page = render_html(title, sections, footer)
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False, suffix=".tmp") as handle:
-        handle.write(page)
+def render_markdown(
+    title: str, sections: Sequence[Section], figure_dir: str, footer: str = ""
+) -> str:
+    """The same content as Markdown; figures are linked as `<figure_dir>/<file name>`."""
+    parts = [f"# {title}", ""]
+    for section in sections:
+        parts += [f"## {section.heading}", ""]
+        if section.text:
+            parts += ["```", section.text.rstrip(), "```", ""]
+        for caption, frame in section.tables:
+            table = frame.to_markdown(index=False, floatfmt=".4g", missingval="")
+            parts += [f"**{caption}**", "", table, ""]
+        for path in section.figures:
+            name = Path(path).name
+            parts += [f"![{Path(path).stem.replace('_', ' ')}]({figure_dir}/{name})", ""]
+    if footer:
+        parts += [footer, ""]
+    return "\n".join(parts)
+
+
+def write_text_atomic(target: Path, text: str) -> Path:
+    """Write via a temporary sibling and rename, so a crash leaves the old file or the new one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
     os.replace(handle.name, target)
     return target
+
+
+def write_report(out_dir: Path, title: str, sections: Sequence[Section], footer: str = "") -> Path:
+    """Write `report.html` into `out_dir` atomically and return its path."""
+    return write_text_atomic(out_dir / "report.html", render_html(title, sections, footer))

@@ -1,0 +1,85 @@
+"""`compscale reduce` / `report` over a store whose results follow a known multiplicative law."""
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.store import RESULT_SCHEMA, Store
+
+TRUE_RHO = {"dense": 1.0, "int4": 0.9, "int2": 0.55, "sp50": 0.8, "sp50+int4": 0.72}
+
+
+def fill_store(store: Store, sweep: str) -> None:
+    """One result row per cell of a 5-format x 4-N x 3-D grid, losses from the unified law."""
+    rng = np.random.default_rng(0)
+    cell_ids = []
+    for fmt, rho in TRUE_RHO.items():
+        for params in (5e4, 1e5, 2e5, 4e5):
+            for tokens_per_param in (10, 20, 40):
+                tokens = params * tokens_per_param
+                loss = 40 * (params * rho) ** -0.3 + 60 * tokens**-0.25 + 1.2
+                cell_id = f"{fmt}-{int(params)}-{tokens_per_param}"
+                row = {
+                    "cell_id": cell_id, "model": "x", "params": int(params),
+                    "tokens": int(tokens), "format": fmt, "seed": 0,
+                    "val_loss": loss * np.exp(rng.normal(0, 0.002)), "train_loss": loss,
+                    "steps": 10, "wall_time_s": 1.0, "tokens_per_s": 1.0, "hardware": "test",
+                    "world_size": 1, "attempt": 1, "data_fingerprint": "f",
+                    "finished_at": datetime.now(timezone.utc),
+                }  # fmt: skip
+                table = pa.Table.from_pylist([row], schema=RESULT_SCHEMA)
+                directory = store.path("cells", cell_id)
+                store.fs.create_dir(directory, recursive=True)
+                pq.write_table(table, f"{directory}/result.parquet", filesystem=store.fs)
+                cell_ids.append(cell_id)
+    store.put_sweep(sweep, "name: synthetic\n", cell_ids)
+
+
+def store_dir(store: Store) -> Path:
+    return Path(store.path("sweeps", "synthetic", "reduction"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("store"))
+    fill_store(store, "synthetic")
+    return store
+
+
+def test_reduce_writes_tables_beside_the_sweep_and_recovers_capacities(store, capsys):
+    assert main(["reduce", "synthetic", "--store", store.uri, "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "Capacity rho per format" in out
+    document = json.loads((store_dir(store) / "reduction.json").read_text())
+    fitted = {row["format"]: row["rho"] for row in document["rho"]}
+    for fmt, rho in TRUE_RHO.items():
+        assert fitted[fmt] == pytest.approx(rho, rel=0.03), fmt
+
+
+def test_report_writes_html_markdown_and_figures_with_the_claims_table(store, tmp_path):
+    markdown = tmp_path / "docs" / "synthetic.md"
+    argv = ["report", "synthetic", "--store", store.uri, "--bootstrap", "20"]
+    assert main([*argv, "--markdown", str(markdown)]) == 0
+    page = (store_dir(store).parent / "report" / "report.html").read_text()
+    assert "The paper&#x27;s claims on this sweep" in page
+    assert "sp50+int4" in page and "data:image/png;base64," in page
+    text = markdown.read_text()
+    assert "| claim" in text and "multiplicative" in text
+    linked = [
+        line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")
+    ]
+    assert linked and all((markdown.parent / link).exists() for link in linked)
+
+
+def test_report_on_an_unknown_or_empty_sweep_is_a_one_line_error(store, capsys):
+    assert main(["report", "nope", "--store", store.uri]) == 2
+    assert "sweep 'nope': not in store" in capsys.readouterr().err
+    store.put_sweep("empty", "name: empty\n", ["no-such-cell"])
+    assert main(["reduce", "empty", "--store", store.uri]) == 2
+    assert "no finished cells yet" in capsys.readouterr().err
