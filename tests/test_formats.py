@@ -72,6 +72,8 @@ def test_standard_formats_cover_every_family():
         "sp100",
         "3:2",
         "int4-had-had",
+        "int4-g0",
+        "int4-g1",
         "int4-x",
         "sp50+vq1d2",
         "vq7d2",
@@ -207,6 +209,16 @@ def test_fp4_absmax_lands_on_the_e2m1_grid():
     grid = torch.tensor(FLOAT_GRIDS[4].levels(), dtype=torch.float32)
     assert set(grid.abs().tolist()) == {0, 0.5, 1, 1.5, 2, 3, 4, 6}
     assert set((out / scale).round(decimals=4).unique().tolist()) <= set(grid.tolist())
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_fp_grids_round_to_the_nearest_representable_value(bits):
+    fmt = parse(f"fp{bits}")
+    grid = FLOAT_GRIDS[bits]
+    levels = torch.tensor(grid.levels(), dtype=torch.float32)
+    scaled = torch.randn(20000) * grid.max_value / 3
+    nearest = levels[(scaled[:, None] - levels[None, :]).abs().argmin(dim=1)]
+    assert torch.equal(fmt._round(scaled.clone()), nearest)
 
 
 def test_activation_quantization_is_per_token_and_identity_elsewhere():

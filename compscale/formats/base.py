@@ -7,6 +7,8 @@ in the original basis, same shape and dtype, with a straight-through (or exact) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -65,15 +67,35 @@ class Format:
         return x
 
 
-def straight_through(weight: Tensor, compressed: Tensor, passes: Tensor | None = None) -> Tensor:
-    """Forward `compressed`, backward the identity (times `passes`, a 0/1 gradient mask)."""
-    compressed = compressed.detach().to(weight.dtype)
-    if not weight.requires_grad:
-        return compressed
-    if passes is None:
-        return weight + (compressed - weight).detach()
-    gated = weight * passes.to(weight.dtype)
-    return gated + (compressed - gated).detach()
+Compressor = Callable[[Tensor], tuple[Tensor, "Tensor | None"]]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: compressor(weight)'s values. Backward: the gradient, zeroed where `passes` is 0.
+
+    One autograd node instead of `w + (q - w).detach()`: no extra full-size passes in either
+    direction, which matters because it runs on every weight at every step.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, compressor: Compressor) -> Tensor:
+        values, passes = compressor(weight)
+        ctx.save_for_backward(passes)
+        return values.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (passes,) = ctx.saved_tensors
+        return (grad if passes is None else grad * passes.to(grad.dtype)), None
+
+
+def straight_through(weight: Tensor, compressor: Compressor) -> Tensor:
+    """`compressor` maps a weight to (compressed values, 0/1 gradient mask or None), without
+    gradients; the result carries the straight-through estimator back to `weight`."""
+    if not (weight.requires_grad and torch.is_grad_enabled()):
+        with torch.no_grad():
+            return compressor(weight)[0].to(weight.dtype)
+    return _StraightThrough.apply(weight, compressor)
 
 
 def check_matrix(weight: Tensor, fmt: Format) -> None:

@@ -39,7 +39,7 @@ def _scalar(text: str) -> ScalarFormat | None:
             options["absmax"] = True
         elif suffix == "had" and "hadamard" not in options:
             options["hadamard"] = True
-        elif re.fullmatch(r"g\d+", suffix) and "group_size" not in options:
+        elif re.fullmatch(r"g[1-9]\d*", suffix) and "group_size" not in options:
             options["group_size"] = int(suffix[1:])
         else:
             raise FormatError(f"bad or repeated suffix -{suffix} in {text!r}; accepted: {GRAMMAR}")

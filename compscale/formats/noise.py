@@ -36,8 +36,10 @@ class NoiseFormat(Format):
         check_matrix(weight, self)
         if mask is not None:
             raise FormatError(f"{self}: noise injection does not take a sparsity mask")
-        with torch.no_grad():
-            x = weight.detach().float()
-            rms = x.square().mean(dim=1, keepdim=True).sqrt_()
-            noise = torch.randn(x.shape, device=x.device).mul_(rms * math.sqrt(self.relative_mse))
-        return straight_through(weight, x + noise)
+        return straight_through(weight, self._perturb)
+
+    def _perturb(self, weight: Tensor) -> tuple[Tensor, None]:
+        x = weight.float()
+        rms = x.square().mean(dim=1, keepdim=True).sqrt_()
+        noise = torch.randn(x.shape, device=x.device).mul_(rms * math.sqrt(self.relative_mse))
+        return x + noise, None

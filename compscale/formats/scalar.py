@@ -11,7 +11,8 @@ Scales, one per row (default) or per group of `-g{size}` weights along the row:
   the grid on N(0, 1) (computed once per grid by exact integration, `gaussian.optimal_scale`). As
   QuEST (arXiv 2502.05003) does, this replaces a per-step search with one ratio, exact for Gaussian
   rows and cheap enough to run in every training step.
-- `-absmax`: the largest |weight| maps to the outermost level (nothing is clipped).
+- `-absmax`: the largest |weight| maps to the outermost level (nothing is clipped); such formats
+  are idempotent, MSE-clipped ones are not (a quantized row has a different RMS).
 
 `-had` rotates each row by a block-diagonal Hadamard matrix (blocks of the largest power of two
 dividing the row length, at most 128, as in QuEST) before quantizing and rotates back after.
@@ -72,8 +73,9 @@ class FloatGrid:
         return np.array([-v for v in reversed(positive[1:])] + positive)
 
 
+E4M3 = FloatGrid(exponent_bits=4, mantissa_bits=3, bias=7, max_value=448.0)
 FLOAT_GRIDS = {
-    8: FloatGrid(exponent_bits=4, mantissa_bits=3, bias=7, max_value=448.0),
+    8: E4M3,
     6: FloatGrid(exponent_bits=2, mantissa_bits=3, bias=1, max_value=7.5),
     4: FloatGrid(exponent_bits=2, mantissa_bits=1, bias=1, max_value=6.0),
 }
@@ -155,8 +157,14 @@ class ScalarFormat(Format):
     def _round(self, scaled: Tensor) -> Tensor:
         if self.grid == "int":
             top = float(self.levels[-1])
-            return (torch.floor(scaled) + 0.5).clamp_(-top, top)
+            return torch.floor(scaled).add_(0.5).clamp_(-top, top)
         grid = FLOAT_GRIDS[self.bits]
+        if grid.mantissa_bits == E4M3.mantissa_bits:
+            # e4m3 and e2m3 share the mantissa; a power-of-two shift maps e2m3's exponent range
+            # (subnormals included) onto e4m3's, so torch's float8 cast rounds both, 3x faster.
+            shift = 2.0 ** (E4M3.min_exponent - grid.min_exponent)
+            clipped = scaled.clamp(-grid.max_value, grid.max_value).mul_(shift)
+            return clipped.to(torch.float8_e4m3fn).float().div_(shift)
         magnitude = scaled.abs().clamp_(max=grid.max_value)
         _, exponent = torch.frexp(magnitude)
         step = torch.exp2((exponent - 1).clamp_(min=grid.min_exponent) - grid.mantissa_bits)
@@ -179,7 +187,7 @@ class ScalarFormat(Format):
             x = torch.nn.functional.pad(x, (0, padding))
         grouped = x.reshape(rows, groups, group)
         if self.absmax:
-            statistic = grouped.abs().amax(dim=-1, keepdim=True)
+            statistic = torch.linalg.vector_norm(grouped, ord=math.inf, dim=-1, keepdim=True)
         else:
             if keep is not None:
                 kept = keep.reshape(rows, -1).float()
@@ -187,23 +195,22 @@ class ScalarFormat(Format):
                     kept = torch.nn.functional.pad(kept, (0, padding))
                 count = kept.reshape(rows, groups, group).sum(dim=-1, keepdim=True).clamp_(min=1)
             elif padding:
-                sizes = torch.full((groups,), float(group), device=x.device)
-                sizes[-1] = group - padding
-                count = sizes.reshape(1, groups, 1)
+                count = torch.full((1, groups, 1), float(group), device=x.device)
+                count[0, -1, 0] = group - padding
             else:
-                count = group
-            statistic = grouped.square().sum(dim=-1, keepdim=True).div_(count).sqrt_()
-        scale = statistic * self.scale_per_statistic
+                count = torch.tensor(float(group), device=x.device)
+            norm = torch.linalg.vector_norm(grouped, dim=-1, keepdim=True)
+            statistic = norm / count.sqrt()
         nonzero = statistic > 0
-        scale = torch.where(nonzero, scale, torch.ones_like(scale))
-        scaled = grouped / scale
-        values = self._round(scaled).mul_(scale).mul_(nonzero)
-        passes = scaled.abs() <= self.trust_edge
+        scale = statistic * self.scale_per_statistic
+        scaled = grouped / torch.where(nonzero, scale, 1.0)
+        values = self._round(scaled).mul_(torch.where(nonzero, scale, 0.0))
+        passes = scaled.abs_().le_(self.trust_edge)  # reuses the buffer: 1.0 passes, 0.0 not
         values = values.reshape(rows, groups * group)[:, :cols]
         passes = passes.reshape(rows, groups * group)[:, :cols]
         if keep is not None:
             values = values * keep
-            passes = passes & keep
+            passes = passes * keep
         return values, passes
 
     def apply(self, weight: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -219,12 +226,7 @@ class ScalarFormat(Format):
     def _apply_rows(self, weight: Tensor, mask: Tensor | None) -> Tensor:
         if self.hadamard and mask is not None:
             raise FormatError(f"{self}: a Hadamard-rotated format cannot quantize a sparse weight")
-        source = weight.float()
         if self.hadamard:
-            rotated = rotate(source)
-            with torch.no_grad():
-                values, passes = self.quantize(rotated.detach())
-            return rotate(straight_through(rotated, values, passes)).to(weight.dtype)
-        with torch.no_grad():
-            values, passes = self.quantize(source.detach(), mask)
-        return straight_through(weight, values, passes)
+            rotated = rotate(weight.float())
+            return rotate(straight_through(rotated, self.quantize)).to(weight.dtype)
+        return straight_through(weight, lambda w: self.quantize(w.float(), mask))

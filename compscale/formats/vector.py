@@ -77,14 +77,15 @@ class VectorFormat(Format):
         check_matrix(weight, self)
         if mask is not None:
             raise FormatError(f"{self}: vector quantization does not take a sparsity mask")
-        with torch.no_grad():
-            x = weight.detach().float()
-            rows, cols = x.shape
-            rms = x.square().mean(dim=1, keepdim=True).sqrt_()
-            scale = torch.where(rms > 0, rms, torch.ones_like(rms))
-            padding = -cols % self.dim
-            scaled = torch.nn.functional.pad(x / scale, (0, padding)).reshape(-1, self.dim)
-            codebook = gaussian_codebook(self.bits, self.dim).to(x.device)
-            values = codebook[nearest_codeword(scaled, codebook)]
-            values = values.reshape(rows, cols + padding)[:, :cols] * scale * (rms > 0)
-        return straight_through(weight, values)
+        return straight_through(weight, self._quantize)
+
+    def _quantize(self, weight: Tensor) -> tuple[Tensor, None]:
+        x = weight.float()
+        rows, cols = x.shape
+        rms = x.square().mean(dim=1, keepdim=True).sqrt_()
+        scale = torch.where(rms > 0, rms, torch.ones_like(rms))
+        padding = -cols % self.dim
+        scaled = torch.nn.functional.pad(x / scale, (0, padding)).reshape(-1, self.dim)
+        codebook = gaussian_codebook(self.bits, self.dim).to(x.device)
+        values = codebook[nearest_codeword(scaled, codebook)]
+        return values.reshape(rows, cols + padding)[:, :cols] * scale * (rms > 0), None
