@@ -196,7 +196,9 @@ class Store:
         )
 
     def sweep_names(self) -> list[str]:
-        return self.list_names(self.path("sweeps"))
+        """Sweeps with a manifest (a folder left without one, e.g. by a crash, is not a sweep)."""
+        names = self.list_names(self.path("sweeps"))
+        return [n for n in names if self.exists(self.path("sweeps", n, "manifest.json"))]
 
     def manifest(self, name: str) -> list[str]:
         path = self.path("sweeps", name, "manifest.json")

@@ -111,6 +111,7 @@ def test_results_of_a_sweep_hold_only_its_finished_cells(store):
 
 def test_an_unknown_sweep_is_one_line_naming_the_known_ones(store):
     store.put_sweep("a", "name: a\n", [])
+    store.write_json(store.path("sweeps", "stray", "note.json"), {})  # no manifest: not a sweep
     with pytest.raises(FileNotFoundError, match=r"no sweep 'zzz' in store .* \(sweeps: a\)"):
         store.results("zzz")
 
