@@ -147,3 +147,13 @@ def test_fewer_cells_than_parameters_is_an_error():
     cells = synthetic_cells({"dense": 1.0, "int4": 0.8, "int2": 0.4}, seed=0).iloc[::10]
     with pytest.raises(ValueError, match="cells: 6 cells for 7 law parameters"):
         laws.fit(cells.params, cells.tokens, cells.loss, cells.format, law="unified", bootstrap=0)
+
+
+def test_a_grid_near_one_tokens_per_parameter_ratio_warns_instead_of_false_precision():
+    rng = np.random.default_rng(0)
+    params = np.geomspace(1e6, 1e8, 12)
+    tokens = 20 * params
+    loss = TRUTH["A"] * params ** -TRUTH["alpha"] + TRUTH["B"] * tokens ** -TRUTH["beta"]
+    loss = (loss + TRUTH["E"]) * np.exp(rng.normal(0, 0.005, len(params)))
+    result = laws.fit(params * rng.uniform(0.98, 1.02, 12), tokens, loss, bootstrap=30)
+    assert any("weakly identified" in text for text in result.warnings)
