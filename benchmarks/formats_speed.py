@@ -9,6 +9,7 @@ Three measurements:
 
     .venv/bin/python benchmarks/formats_speed.py                 # 4096 x 4096, all standard formats
     .venv/bin/python benchmarks/formats_speed.py --size 1024 --formats int4 sp50 --repeats 3
+    .venv/bin/python benchmarks/formats_speed.py --device cuda --preset 30m --batch 8
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ import torch
 from compscale.formats import STANDARD_FORMATS, Format, parse
 
 CLOCK = time.perf_counter  # or time.process_time with --cpu-time
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a step's time includes it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def paired_seconds(
@@ -39,6 +46,7 @@ def paired_seconds(
         for index, step in enumerate((reference, candidate)):
             start = CLOCK()
             step()
+            synchronize()
             best[index] = min(best[index], CLOCK() - start)
     return best[0], best[1]
 
@@ -56,16 +64,16 @@ def op_step(fmt: Format, weight: torch.Tensor, inputs: torch.Tensor | None) -> C
     return step
 
 
-def model_step(fmt: Format, preset: str, batch: int) -> Callable[[], None]:
+def model_step(fmt: Format, preset: str, batch: int, device: str) -> Callable[[], None]:
     from workers.compressed_linear import linear_factory
     from workers.config import PRESETS
     from workers.model import Transformer
 
     config = PRESETS[preset]
     torch.manual_seed(0)
-    model = Transformer(config, linear_factory(fmt))
+    model = Transformer(config, linear_factory(fmt)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, config.vocab_size, (batch, config.seq_len + 1))
+    tokens = torch.randint(0, config.vocab_size, (batch, config.seq_len + 1), device=device)
 
     def step() -> None:
         logits = model(tokens[:, :-1])
@@ -85,6 +93,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--preset", default="200k", help="model preset for the training-step test")
     parser.add_argument("--batch", type=int, default=16, help="sequences per model step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-gmse", action="store_true")
     parser.add_argument(
@@ -100,15 +109,17 @@ def main() -> None:
     dense = parse("dense")
 
     clock = "CPU time" if args.cpu_time else "wall time"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock}")
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {clock}")
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(args.size, args.size, generator=generator).requires_grad_()
-    inputs = torch.randn(args.tokens, args.size, generator=generator)
+    weight = torch.randn(args.size, args.size, generator=generator).to(args.device)
+    weight.requires_grad_()
+    inputs = torch.randn(args.tokens, args.size, generator=generator).to(args.device)
     print(f"\n[op] {args.size}^2 weight, linear layer on {args.tokens} tokens (best ms)")
     print(f"{'format':16s} {'mask':>8s} {'op':>8s} {'linear':>8s} {'dense':>8s} {'ratio':>6s}")
     for fmt in formats:
         start = CLOCK()
         fmt.compute_mask(weight)
+        synchronize()
         mask = CLOCK() - start
         _, op = paired_seconds(lambda: None, op_step(fmt, weight, None), args.repeats)
         dense_linear, linear = paired_seconds(
@@ -122,10 +133,10 @@ def main() -> None:
     if not args.skip_model:
         print(f"\n[model] preset {args.preset}, {args.batch} sequences per step, AdamW")
         print(f"{'format':16s} {'step ms':>8s} {'dense ms':>9s} {'ratio':>6s}")
-        dense_step = model_step(dense, args.preset, args.batch)
+        dense_step = model_step(dense, args.preset, args.batch, args.device)
         for fmt in formats:
             reference, seconds = paired_seconds(
-                dense_step, model_step(fmt, args.preset, args.batch), args.repeats
+                dense_step, model_step(fmt, args.preset, args.batch, args.device), args.repeats
             )
             print(
                 f"{fmt!s:16s} {seconds * 1e3:8.1f} {reference * 1e3:9.1f} "
