@@ -62,6 +62,7 @@ class Reduction:
         if not (out / JSON_NAME).exists():
             raise FileNotFoundError(f"{out / JSON_NAME}: no reduction here; run the reducer first")
         metrics = json.loads((out / JSON_NAME).read_text())["metrics"]
+        metrics = {key: math.nan if value is None else value for key, value in metrics.items()}
         tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
         return cls(**tables, metrics=metrics)
 
@@ -122,7 +123,7 @@ def _cell_text(value: object) -> str:
 
 
 def _finite_or_none(metrics: dict) -> dict:
-    """Strict JSON has no NaN or infinity: such metrics are written as null."""
+    """Strict JSON has no NaN or infinity: such metrics are written as null (read back as NaN)."""
     return {
         key: None if isinstance(value, float) and not math.isfinite(value) else value
         for key, value in metrics.items()

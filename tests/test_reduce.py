@@ -119,7 +119,8 @@ def test_default_gmse_comes_from_the_format_library(tmp_path):
     table = reduction.rho.set_index("format")
     assert math.isnan(reduction.metrics["seed_noise_log_loss"])  # one seed per cell
     reduction.write(tmp_path)
-    assert Reduction.read(tmp_path).metrics["heldout_rmse_log_loss"] is None
+    assert '"heldout_rmse_log_loss": null' in (tmp_path / "reduction.json").read_text()
+    assert math.isnan(Reduction.read(tmp_path).metrics["heldout_rmse_log_loss"])
     assert table.loc["int4", "bits_per_param"] == pytest.approx(4.0, abs=0.01)
     assert table.loc["int4", "gmse"] == pytest.approx(gmse("int4"))
     assert reduction.metrics["heldout_cells"] == 0
