@@ -7,6 +7,7 @@ or to `--out` (required for object-store URIs, since figures are rendered locall
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -59,6 +60,11 @@ def _results(store: Store, sweep: str) -> pd.DataFrame:
     if sweep not in store.sweep_names():
         raise ValueError(f"sweep {sweep!r}: not in store {store.uri}; known: {store.sweep_names()}")
     results = store.results(sweep)
+    diverged = ~results["val_loss"].apply(math.isfinite)
+    if diverged.any():
+        names = ", ".join(results.loc[diverged, "cell_id"])
+        print(f"left out of the fit, non-finite validation loss: {names}", file=sys.stderr)
+        results = results[~diverged].reset_index(drop=True)
     if results.empty:
         raise ValueError(f"sweep {sweep!r}: no finished cells yet; see `compscale status {sweep}`")
     return results
