@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from workers import run_cell
+from workers import checkpoint, run_cell
 from workers.config import CellConfig, TrainConfig, preset
 from workers.sink import read_losses, read_result
 
@@ -69,3 +69,14 @@ def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_final_loss(tmp_pa
     assert losses.column("step").to_pylist() == list(range(STEPS))
     second = losses.filter(pc.equal(losses.column("attempt"), 2)).column("step").to_pylist()
     assert second[0] > 0 and second[0] % CHECKPOINT_EVERY == 0  # resumed, not restarted
+
+
+def test_checkpoints_are_atomic_files_of_which_the_newest_two_are_kept(tmp_path):
+    store = f"file://{tmp_path}"
+    for steps in (10, 20, 30):
+        checkpoint.save(store, "cell", steps, {"model": {"w": torch.full((2,), float(steps))}})
+    directory = tmp_path / "cells" / "cell" / "checkpoints"
+    assert sorted(p.name for p in directory.iterdir()) == ["step-000000020.pt", "step-000000030.pt"]
+    latest = checkpoint.load_latest(store, "cell", torch.device("cpu"))
+    assert latest["steps"] == 30 and latest["model"]["w"].tolist() == [30.0, 30.0]
+    assert checkpoint.load_latest(store, "other", torch.device("cpu")) is None

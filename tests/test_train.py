@@ -30,7 +30,7 @@ def tiny_cell(fmt: str = "dense", steps: int = 100, batch: int = 16, **train) ->
 
 def test_a_tiny_dense_cell_falls_well_below_the_unigram_entropy_within_a_minute(tmp_path):
     entropy = unigram_entropy(load_tokens(DataConfig()).train)  # about 3.11 nats per byte
-    cell = tiny_cell(steps=300)
+    cell = tiny_cell(steps=300, eval_every=100)
     result = run_cell(cell, str(tmp_path))
     assert result["val_loss"] < entropy - 0.5
     assert result["wall_time_s"] < 60
@@ -39,27 +39,38 @@ def test_a_tiny_dense_cell_falls_well_below_the_unigram_entropy_within_a_minute(
     assert stored["data_fingerprint"].startswith("cpython311-stdlib:sha256:")
     losses = read_losses(str(tmp_path), cell.cell_id)
     assert losses.column("step").to_pylist() == list(range(300))
+    evaluated = [row["step"] for row in losses.to_pylist() if row["val_loss"] is not None]
+    assert evaluated == [99, 199, 299]
     assert losses.column("val_loss").to_pylist()[-1] == result["val_loss"]
     assert (tmp_path / "cells" / cell.cell_id / "cell.json").is_file()
 
 
 @pytest.mark.heavy
 def test_every_standard_format_trains_without_nan(tmp_path):
+    model = TINY.model_copy(update={"seq_len": 32})
+    train = TrainConfig(batch_size=4, eval_tokens=1024)
     for fmt in STANDARD_FORMATS:
-        result = run_cell(tiny_cell(fmt, steps=120, batch=8), str(tmp_path))
-        assert math.isfinite(result["val_loss"]) and result["val_loss"] < 3.5, fmt
+        cell = CellConfig(model=model, format=fmt, tokens=100 * 4 * 32, train=train)
+        run_cell(cell, str(tmp_path))
+        losses = read_losses(str(tmp_path), cell.cell_id)
+        assert all(math.isfinite(x) for x in losses.column("train_loss").to_pylist()), fmt
+        assert math.isfinite(losses.column("val_loss").to_pylist()[-1]), fmt
 
 
 @pytest.mark.heavy
 def test_loss_order_at_equal_n_and_d_follows_gmse(tmp_path):
+    # A longer warm-up than the default keeps these 300-step tiny runs out of early loss spikes,
+    # which otherwise swing the final loss by ~0.1 nats from seed to seed.
+    train = {"warmup_fraction": 0.2, "min_lr_ratio": 0.0}
     loss = {
-        fmt: run_cell(tiny_cell(fmt, steps=300), str(tmp_path))["val_loss"]
+        fmt: run_cell(tiny_cell(fmt, steps=300, **train), str(tmp_path))["val_loss"]
         for fmt in ("dense", "int4", "int2", "sp50", "sp90")
     }
-    # Large GMSE gaps must show; a 50%-sparse tiny model may tie its dense twin within seed noise.
-    assert loss["dense"] < loss["int4"] < loss["int2"]
-    assert loss["dense"] < loss["sp90"] and loss["sp50"] < loss["sp90"]
-    assert loss["dense"] < loss["sp50"] + 0.01
+    # GMSE: int4 ~0.01 < sp50 ~0.07 < int2 ~0.12 < sp90 ~0.55. Gaps of 0.1 or more show at N ~ 54K;
+    # int4's ~0.01 nat cost is below seed noise here (measured within 0.01 of dense on seeds 0, 1).
+    assert loss["dense"] < loss["int2"] and loss["int4"] < loss["int2"]
+    assert loss["dense"] < loss["sp50"] < loss["sp90"]
+    assert abs(loss["dense"] - loss["int4"]) < 0.03
 
 
 def test_fewer_tokens_than_one_batch_is_one_clear_error(tmp_path):
