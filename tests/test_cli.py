@@ -4,10 +4,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -180,6 +182,9 @@ def free_port() -> int:
 def ray_head(tmp_path):
     """A real head started with `ray start --head` on 127.0.0.1, with its own auth token."""
     port, dashboard = free_port(), free_port()
+    # Its own temp dir (short: Unix socket paths are limited), so it never becomes the machine's
+    # "current cluster" that a plain ray.init() elsewhere would join.
+    temp_dir = tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp")
     env = environment(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
     head = subprocess.Popen(
         [
@@ -193,6 +198,7 @@ def ray_head(tmp_path):
             f"--dashboard-port={dashboard}",
             "--num-cpus=2",
             "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
         ],
         cwd=tmp_path,
         env=env,
@@ -214,9 +220,7 @@ def ray_head(tmp_path):
             head.wait(timeout=20)
         finally:
             kill_session(head.pid)
-            current = Path("/tmp/ray/ray_current_cluster")  # `ray stop` would remove it
-            if current.exists() and current.read_text().strip().endswith(f":{port}"):
-                current.unlink()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.heavy
