@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -344,3 +346,12 @@ def test_cuda_matches_cpu(text):
         return  # different generators on the two devices
     mismatch = (gpu.cpu() - cpu).abs() > 1e-4 * w.abs().max()
     assert mismatch.float().mean() < 1e-3  # rounding at cell edges may differ
+
+
+def test_formats_survive_pickling_and_deepcopy():
+    # Ray ships them between processes; models holding them get deep-copied.
+    for text in STANDARD_FORMATS:
+        fmt = parse(text)
+        for copy_of in (pickle.loads(pickle.dumps(fmt)), copy.deepcopy(fmt)):
+            assert copy_of == fmt and str(copy_of) == text
+            assert copy_of.bits_per_param == fmt.bits_per_param
