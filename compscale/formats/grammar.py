@@ -14,7 +14,8 @@ from compscale.formats.vector import VectorFormat
 
 GRAMMAR = (
     "dense | sp{percent} (magnitude pruning, e.g. sp50) | {n}:{m} (e.g. 2:4) | "
-    "int{1..8} or fp8|fp6|fp4, optionally followed by -absmax, -g{group size}, -had "
+    "int{1..8} or fp8|fp6|fp4 (e4m3, e2m3, e2m1), optionally followed by -absmax, "
+    "-g{group size}, -had "
     "(e.g. int4-g128-had) | vq{bits}d{dim} (e.g. vq2d4) | noise{relative mse} (e.g. noise0.05) | "
     "SPARSE+SCALAR (e.g. sp50+int4) | w:FORMAT,a:SCALAR (e.g. w:int4,a:int8)"
 )
