@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from compscale.formats import parse
-from workers.compressed_linear import CompressedLinear, linear_factory, sparsity_at
+from workers.compressed_linear import CompressedLinear, linear_factory, mask_update, sparsity_at
 from workers.config import PRESETS, CellConfig, ModelConfig
 from workers.model import Transformer
 
@@ -46,3 +46,12 @@ def test_sparsity_ramps_cubically_to_the_target_then_stays():
     assert 0.9 * 0.8 < sparsity_at(25, 100, 0.9, 0.5) < 0.9  # cubic: most of the way at half ramp
     assert sparsity_at(50, 100, 0.9, 0.5) == sparsity_at(99, 100, 0.9, 0.5) == 0.9
     assert sparsity_at(0, 100, 0.9, 0.0) == 0.9
+
+
+def test_masks_are_recomputed_during_the_ramp_only():
+    updates = [
+        step for step in range(100) if mask_update(step, 100, 0.5, 0.5, updates=5) is not None
+    ]
+    assert updates == [0, 10, 20, 30, 40, 50]
+    assert mask_update(50, 100, 0.5, 0.5) == 0.5
+    assert mask_update(3, 100, 0.0, 0.5) is None

@@ -57,6 +57,21 @@ def sparsity_at(step: int, total_steps: int, target: float, ramp_fraction: float
     return target * (1 - (1 - step / ramp_steps) ** 3)
 
 
+def mask_update(
+    step: int, total_steps: int, target: float, ramp_fraction: float, updates: int = 64
+) -> float | None:
+    """The sparsity to recompute masks at before `step`, or None when the masks stay as they are.
+
+    Masks are recomputed `updates` times over the ramp and once at its end, then frozen.
+    """
+    ramp_steps = int(ramp_fraction * total_steps)
+    if target == 0 or step > ramp_steps:
+        return None
+    if step % max(1, ramp_steps // updates) and step != ramp_steps:
+        return None
+    return sparsity_at(step, total_steps, target, ramp_fraction)
+
+
 def update_masks(model: nn.Module, sparsity: float) -> None:
     for module in model.modules():
         if isinstance(module, CompressedLinear):

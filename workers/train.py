@@ -23,14 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from compscale.formats import parse
 from workers import checkpoint, data, storage
-from workers.compressed_linear import linear_factory, sparsity_at, update_masks
+from workers.compressed_linear import linear_factory, mask_update, update_masks
 from workers.config import CellConfig, TrainConfig
 from workers.distributed import Runtime, close_runtime, init_runtime
 from workers.model import Transformer
 from workers.sink import LossSink, next_attempt
-
-# Masks are recomputed this many times over the sparsity ramp (and once at its end), then frozen.
-MASK_UPDATES_PER_RAMP = 64
 
 
 def run_cell(cell: CellConfig | dict, store_uri: str) -> dict[str, Any]:
@@ -156,6 +153,7 @@ def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
     torch.manual_seed(cell.seed)
     model = Transformer(cell.model, linear_factory(fmt)).to(runtime.device)
     optimizer = make_optimizer(model, config, runtime.device)
+    parameters = list(model.parameters())
     start_step = 0
     if (state := checkpoint.load_latest(store_uri, cell.cell_id, runtime.device)) is not None:
         model.load_state_dict(state["model"])
@@ -172,21 +170,14 @@ def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
     if runtime.is_main:
         _write_cell_json(store_uri, cell)
         sink = LossSink(store_uri, cell.cell_id, next_attempt(store_uri, cell.cell_id))
-    ramp_steps = int(config.sparsity_ramp_fraction * total_steps)
-    mask_interval = max(1, ramp_steps // MASK_UPDATES_PER_RAMP)
 
     loop_started = previous = time.perf_counter()
     val_loss = None
     for step in range(start_step, total_steps):
         torch.manual_seed(step_seed(cell.seed, step))
-        if (
-            fmt.sparsity > 0
-            and step <= ramp_steps
-            and (step % mask_interval == 0 or step == ramp_steps)
-        ):
-            update_masks(
-                model, sparsity_at(step, total_steps, fmt.sparsity, config.sparsity_ramp_fraction)
-            )
+        sparsity = mask_update(step, total_steps, fmt.sparsity, config.sparsity_ramp_fraction)
+        if sparsity is not None:
+            update_masks(model, sparsity)
         lr = learning_rate(step, total_steps, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -214,7 +205,7 @@ def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), chunk[:, 1:].flatten())
                 (loss / accumulation).backward()
             train_loss += loss.detach() / accumulation
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+        grad_norm = nn.utils.clip_grad_norm_(parameters, config.grad_clip or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if runtime.world_size > 1:
