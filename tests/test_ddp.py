@@ -56,3 +56,19 @@ def test_world_size_two_matches_world_size_one_step_by_step(tmp_path):
     )
     assert ddp_result["world_size"] == 2 and one_result["world_size"] == 1
     assert ddp_result["val_loss"] == pytest.approx(one_result["val_loss"], abs=1e-4)
+
+
+def test_a_process_group_set_up_by_the_caller_is_used_and_left_open(tmp_path):
+    store = torch.distributed.FileStore(str(tmp_path / "rendezvous"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        cell = CellConfig(
+            model=preset("tiny").model_copy(update={"seq_len": 32}),
+            format="dense",
+            tokens=4 * 4 * 32,
+            train=TrainConfig(batch_size=4, eval_tokens=256),
+        )
+        assert run_cell(cell, str(tmp_path / "store"))["world_size"] == 1
+        assert torch.distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()

@@ -27,7 +27,13 @@ class Runtime:
 
 
 def check_hostable(world_size: int) -> None:
-    """Fail at once when this machine cannot host the processes of `world_size` placed on it."""
+    """Fail at once when this machine cannot host the processes of `world_size` placed on it.
+
+    A launcher says how many processes it put on this node (LOCAL_WORLD_SIZE); a caller that set up
+    the process group itself (Ray Train) has placed them already; otherwise all run here.
+    """
+    if "LOCAL_WORLD_SIZE" not in os.environ and dist.is_initialized():
+        return
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     if torch.cuda.is_available():
         if local > torch.cuda.device_count():
