@@ -270,18 +270,3 @@ def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, t
     assert "succeeded" in job.stdout + job.stderr
     store = Store(tmp_path / "b")
     assert {store.status(c).state for c in store.manifest("remote")} == {"done"}
-
-
-@pytest.mark.heavy
-def test_the_smoke_sweep_trains_with_the_real_worker_and_resubmitting_runs_nothing(tmp_path):
-    smoke = str(REPO / "sweeps" / "smoke.yaml")
-    submitted = compscale("submit", smoke, cwd=tmp_path, timeout=400)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    store = Store(tmp_path / "store")
-    results = store.results("smoke")
-    assert len(results) == 4
-    assert results["val_loss"].between(0.5, 6.0).all()  # byte-level: ln 256 = 5.55 at chance
-    per_step = store.query("select count(*) = count(distinct (cell_id, step)) from losses")
-    assert per_step.fetchall() == [(True,)]
-    again = compscale("submit", smoke, cwd=tmp_path)
-    assert "nothing to run" in again.stdout
