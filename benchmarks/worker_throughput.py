@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=DEFAULT_FORMATS, help="or 'all'")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     parser.add_argument("--mfu-model", default="100m")
-    parser.add_argument("--mfu-batch", type=int, default=32)
+    parser.add_argument("--mfu-batch", type=int, default=64)
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="override the bf16 peak")
     args = parser.parse_args()
 

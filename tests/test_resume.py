@@ -53,6 +53,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_final_loss(tmp_pa
 
     restarted = subprocess.run(train_cell_command(cell_file, store), env=environment, timeout=300)
     assert restarted.returncode == 0
+    assert not any(checkpoints.iterdir()), "a finished cell keeps no checkpoints"
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -42,3 +42,11 @@ def load_latest(store_uri: str, cell_id: str, device: torch.device) -> dict[str,
         return None
     data = storage.read_bytes(filesystem, f"{directory}/{names[-1]}")
     return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+
+
+def clear(store_uri: str, cell_id: str) -> None:
+    """Delete a finished cell's checkpoints: they exist only to resume, and a forced rerun of a
+    done cell must start from step 0, not from its last checkpoint."""
+    filesystem, directory = _directory(store_uri, cell_id)
+    for name in storage.list_names(filesystem, directory):
+        filesystem.delete_file(f"{directory}/{name}")

@@ -258,6 +258,7 @@ def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
     if sink is not None:
         sink.write_result(result)
         result["attempt"] = sink.attempt
+        checkpoint.clear(store_uri, cell.cell_id)
     return result
 
 
