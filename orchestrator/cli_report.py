@@ -124,6 +124,8 @@ def report_command(args: argparse.Namespace) -> int:
 
 def _sections(sweep, store, results, reduction, figures):
     """The report's title, sections and footer, in the paper's order."""
+    import pandas as pd
+
     from compscale import findings
     from compscale.report import Section
 
@@ -141,9 +143,14 @@ def _sections(sweep, store, results, reduction, figures):
         wall_time_s=("wall_time_s", "sum"),
     )
     hardware = ", ".join(sorted(results["hardware"].astype(str).unique()))
+    finished = pd.to_datetime(results["finished_at"], utc=True)
+    started = finished - pd.to_timedelta(results["wall_time_s"], unit="s")
+    wall_minutes = (finished.max() - started.min()).total_seconds() / 60
     run_text = (
         f"{len(results)} finished cells of sweep {sweep} in {store.uri}\n"
         f"hardware: {hardware}\n"
+        f"wall time: {wall_minutes:.1f} min, from the first cell's start "
+        f"({started.min():%Y-%m-%d %H:%M} UTC) to the last cell's end\n"
         f"compute: {results['wall_time_s'].sum() / 60:.1f} cell-minutes; "
         f"{(results['params'] * results['tokens'] * 6).sum():.3g} training FLOPs (6ND)"
     )
