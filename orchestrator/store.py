@@ -13,7 +13,6 @@ import json
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,49 +23,15 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from workers import storage
 from workers.config import CellConfig
+from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 if TYPE_CHECKING:
     import duckdb
     import pandas as pd
 
 STATES = ("pending", "running", "done", "failed", "cancelled")
-
-LOSS_SCHEMA = pa.schema(
-    [
-        ("cell_id", pa.string()),
-        ("attempt", pa.int32()),
-        ("step", pa.int64()),
-        ("tokens", pa.int64()),
-        ("train_loss", pa.float64()),
-        ("val_loss", pa.float64()),
-        ("lr", pa.float64()),
-        ("grad_norm", pa.float64()),
-        ("tokens_per_s", pa.float64()),
-        ("wall_time_s", pa.float64()),
-    ]
-)
-
-RESULT_SCHEMA = pa.schema(
-    [
-        ("cell_id", pa.string()),
-        ("model", pa.string()),
-        ("params", pa.int64()),
-        ("tokens", pa.int64()),
-        ("format", pa.string()),
-        ("seed", pa.int64()),
-        ("val_loss", pa.float64()),
-        ("train_loss", pa.float64()),
-        ("steps", pa.int64()),
-        ("wall_time_s", pa.float64()),
-        ("tokens_per_s", pa.float64()),
-        ("hardware", pa.string()),
-        ("world_size", pa.int64()),
-        ("attempt", pa.int64()),
-        ("data_fingerprint", pa.string()),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 STATUS_SCHEMA = pa.schema(
     [
@@ -139,12 +104,7 @@ class Store:
 
     def write_atomic(self, path: str, data: bytes) -> None:
         """Write to a temporary sibling, then rename: readers see the old file or the new one."""
-        directory, name = path.rsplit("/", 1)
-        self.fs.create_dir(directory, recursive=True)
-        temporary = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
-        with self.fs.open_output_stream(temporary) as stream:
-            stream.write(data)
-        self.fs.move(temporary, path)
+        storage.write_atomic(self.fs, path, data)
 
     def write_json(self, path: str, value: Any) -> None:
         self.write_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
@@ -158,12 +118,7 @@ class Store:
 
     def list_names(self, directory: str) -> list[str]:
         """Names of the finished (non-temporary) entries of a directory; empty if it is absent."""
-        selector = pafs.FileSelector(directory, allow_not_found=True)
-        return sorted(
-            info.base_name
-            for info in self.fs.get_file_info(selector)
-            if not info.base_name.startswith(".tmp-")
-        )
+        return storage.list_names(self.fs, directory)
 
     def _files_matching(self, pattern: re.Pattern[str], under: str = "cells") -> list[str]:
         selector = pafs.FileSelector(self.path(under), recursive=True, allow_not_found=True)

@@ -19,42 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from workers import storage
-
-LOSS_SCHEMA = pa.schema(
-    [
-        ("cell_id", pa.string()),
-        ("attempt", pa.int32()),
-        ("step", pa.int64()),
-        ("tokens", pa.int64()),
-        ("train_loss", pa.float64()),
-        ("val_loss", pa.float64()),
-        ("lr", pa.float64()),
-        ("grad_norm", pa.float64()),
-        ("tokens_per_s", pa.float64()),
-        ("wall_time_s", pa.float64()),
-    ]
-)
-
-RESULT_SCHEMA = pa.schema(
-    [
-        ("cell_id", pa.string()),
-        ("model", pa.string()),
-        ("params", pa.int64()),
-        ("tokens", pa.int64()),
-        ("format", pa.string()),
-        ("seed", pa.int64()),
-        ("val_loss", pa.float64()),
-        ("train_loss", pa.float64()),
-        ("steps", pa.int64()),
-        ("wall_time_s", pa.float64()),
-        ("tokens_per_s", pa.float64()),
-        ("hardware", pa.string()),
-        ("world_size", pa.int64()),
-        ("attempt", pa.int64()),
-        ("data_fingerprint", pa.string()),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
+from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 
 def table_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:

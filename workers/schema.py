@@ -1,0 +1,40 @@
+"""Row schemas of the store's Parquet files (docs/contracts.md), shared by the worker that writes
+them and the orchestrator that reads them; importing this needs pyarrow only, not torch."""
+
+import pyarrow as pa
+
+LOSS_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("attempt", pa.int32()),
+        ("step", pa.int64()),
+        ("tokens", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("lr", pa.float64()),
+        ("grad_norm", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("wall_time_s", pa.float64()),
+    ]
+)
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("model", pa.string()),
+        ("params", pa.int64()),
+        ("tokens", pa.int64()),
+        ("format", pa.string()),
+        ("seed", pa.int64()),
+        ("val_loss", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("steps", pa.int64()),
+        ("wall_time_s", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("hardware", pa.string()),
+        ("world_size", pa.int64()),
+        ("attempt", pa.int64()),
+        ("data_fingerprint", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
