@@ -72,7 +72,9 @@ class Reduction:
         from rich.table import Table
 
         buffer = StringIO()
-        console = Console(file=buffer, width=120, force_terminal=False, color_system=None)
+        console = Console(
+            file=buffer, width=120, force_terminal=False, color_system=None, markup=False
+        )
         m = self.metrics
         console.print(
             f"{m.get('law')} law over {m.get('cells')} cells, {m.get('formats')} formats; "

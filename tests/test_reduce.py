@@ -132,3 +132,17 @@ def test_missing_columns_and_missing_dense_fail_clearly():
         reduce(results.drop(columns=["val_loss"]), gmse_of=GMSE.get)
     with pytest.raises(ValueError, match="no cells of the dense reference"):
         reduce(results[results["format"] != "dense"], gmse_of=GMSE.get, bootstrap=0)
+
+
+def test_summary_prints_bracketed_names_verbatim():
+    """Warnings name parameters like `rho[int4]`; the text tables must not eat them as markup."""
+    import pandas as pd
+
+    from compscale.reduce import Reduction
+
+    empty = pd.DataFrame()
+    reduction = Reduction(
+        law=empty, rho=empty, capacity=empty, capacity_rho=empty, composition=empty,
+        heldout=empty, metrics={"warnings": ["rho[sp75+int2] is weakly identified"]},
+    )  # fmt: skip
+    assert "warning: rho[sp75+int2] is weakly identified" in reduction.summary()
