@@ -20,6 +20,8 @@ HELDOUT_TOLERANCE = 0.01
 ORDER_CORRELATION = 0.7
 # The tanh law predicts a left-out format's rho within this relative error (median over formats).
 LOO_TOLERANCE = 0.10
+# A composition ratio whose 95% CI is wider than this cannot confirm or refute multiplicativity.
+RATIO_CI_WIDTH = 0.5
 
 SMALL_SCALE_CAVEAT = (
     "at this scale the loss gaps between formats are a few hundredths of a nat, close to "
@@ -60,7 +62,8 @@ def _law_predicts(reduction: Reduction) -> Finding:
         criterion=f"held-out cells predicted within {HELDOUT_TOLERANCE:.0%} (mean |pred/obs - 1|)",
         observed=(
             f"held-out mean |pred/obs - 1| = {error:.3%} over {metrics.get('heldout_cells')} "
-            f"cells; in-sample RMSE of log loss {metrics.get('rmse_log_loss', math.nan):.4f}"
+            f"cells; in-sample RMSE of log loss {metrics.get('rmse_log_loss', math.nan):.4f}; "
+            f"seed-to-seed std of log loss {metrics.get('seed_noise_log_loss', math.nan):.4f}"
             if known
             else "no held-out cells"
         ),
@@ -113,19 +116,22 @@ def _capacity_law_predicts(reduction: Reduction) -> Finding:
 
 
 def _composition(reduction: Reduction) -> list[Finding]:
+    tolerance = reduction.metrics.get("tolerance", 0.02)
     findings = []
     for row in reduction.composition.itertuples():
+        too_wide = row.ratio_ci_high - row.ratio_ci_low > RATIO_CI_WIDTH
+        agrees = False if row.flagged else (None if too_wide else True)
         findings.append(
             Finding(
                 claim=f"rho({row.format}) = {row.parts.replace('*', 'x')} (multiplicative)",
-                criterion="the 95% CI of rho(A+B) / (rho(A) rho(B)) reaches within "
-                f"{reduction.metrics.get('tolerance', 0.02):.0%} of 1",
+                criterion=f"the 95% CI of rho(A+B) / (rho(A) rho(B)) reaches within {tolerance:.0%}"
+                f" of 1; a CI wider than {RATIO_CI_WIDTH} cannot tell",
                 observed=(
                     f"rho {row.rho:.3f} vs product {row.rho_product:.3f}: ratio {row.ratio:.3f} "
                     f"[{row.ratio_ci_low:.3f}, {row.ratio_ci_high:.3f}]"
                 ),
-                agrees=not bool(row.flagged),
-                caveat=SMALL_SCALE_CAVEAT if row.flagged else "",
+                agrees=agrees,
+                caveat="" if agrees else SMALL_SCALE_CAVEAT,
             )
         )
     return findings

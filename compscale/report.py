@@ -82,7 +82,8 @@ def render_markdown(
             parts += ["```", section.text.rstrip(), "```", ""]
         for caption, frame in section.tables:
             table = frame.to_markdown(index=False, floatfmt=".4g", missingval="")
-            parts += [f"**{caption}**", "", table, ""]
+            parts += [f"**{caption}**", ""] if caption else []
+            parts += [table, ""]
         for path in section.figures:
             name = Path(path).name
             parts += [f"![{Path(path).stem.replace('_', ' ')}]({figure_dir}/{name})", ""]
