@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cells import expand
+from orchestrator.spec import load_spec
 from orchestrator.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,35 +73,39 @@ def running_events(store: Store, cell_id: str) -> int:
 
 @pytest.mark.heavy
 def test_submit_smoke_starts_embedded_ray_runs_all_then_a_second_submit_runs_nothing(tmp_path):
+    spec = load_spec(str(REPO / "sweeps" / "smoke.yaml"))
+    cells = len(expand(spec))
+    per_format = cells // len(spec.formats)
     submitted = compscale("submit", str(REPO / "sweeps" / "smoke.yaml"), *DOUBLE, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
-    assert "run 4" in submitted.stdout
+    assert f"run {cells}" in submitted.stdout
     store = Store(tmp_path / "store")  # the default store, ./store
     assert {store.status(c).state for c in store.manifest("smoke")} == {"done"}
 
     status = compscale("status", "smoke", "--json", cwd=tmp_path)
     rows = [json.loads(line) for line in status.stdout.splitlines()]
-    assert len(rows) == 4 and {row["state"] for row in rows} == {"done"}
+    assert len(rows) == cells and {row["state"] for row in rows} == {"done"}
 
     again = compscale("submit", str(REPO / "sweeps" / "smoke.yaml"), *DOUBLE, cwd=tmp_path)
     assert again.returncode == 0
-    assert "skip 4" in again.stdout and "nothing to run" in again.stdout
+    assert f"skip {cells}" in again.stdout and "nothing to run" in again.stdout
     assert all(running_events(store, c) == 1 for c in store.manifest("smoke"))
 
     table = compscale("status", "smoke", cwd=tmp_path).stdout
-    assert table.strip().endswith("done 4")
+    assert table.strip().endswith(f"done {cells}")
     csv = compscale(
         "query",
         "select format, count(*) n from results group by 1 order by 1",
         "--csv",
         cwd=tmp_path,
     )
-    assert csv.stdout.splitlines() == ["format,n", "dense,2", "int4,2"]
+    expected = [f"{fmt},{per_format}" for fmt in sorted(spec.formats)]
+    assert csv.stdout.splitlines() == ["format,n", *expected]
     out = tmp_path / "losses.parquet"
     compscale("query", "select * from losses", "--parquet", str(out), cwd=tmp_path)
     import pyarrow.parquet as pq
 
-    assert pq.read_table(out).num_rows == 4 * 8  # the double writes 8 steps a cell
+    assert pq.read_table(out).num_rows == cells * 8  # the double writes 8 steps a cell
 
 
 @pytest.mark.heavy
