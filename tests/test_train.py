@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from compscale.formats import STANDARD_FORMATS
 from workers import run_cell
@@ -14,13 +13,7 @@ from workers.sink import read_losses, read_result
 TINY = preset("tiny").model_copy(update={"seq_len": 64})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads stall when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cell(fmt: str = "dense", steps: int = 100, batch: int = 16, **train) -> CellConfig:

@@ -3,18 +3,11 @@
 import json
 
 import pytest
-import torch
 
 from orchestrator.cli import main
 from workers.sink import read_result
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write(path, text: str) -> str:
