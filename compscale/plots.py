@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from compscale.reduce import Reduction, atomic_write
+from compscale.files import atomic_write
+from compscale.reduce import Reduction
 
 MAX_CURVES = 8
 

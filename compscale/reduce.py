@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import StringIO
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from compscale import capacity, laws
+from compscale.files import atomic_write, write_text_atomic
 
 REQUIRED_COLUMNS = ("params", "tokens", "format", "seed", "val_loss")
 TABLES = ("law", "rho", "capacity", "capacity_rho", "composition", "heldout")
@@ -52,7 +51,7 @@ class Reduction:
         }
         path = out / JSON_NAME
         text = json.dumps(document, indent=2, default=_json_default, allow_nan=False)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        write_text_atomic(path, text)
         written.append(path)
         return written
 
@@ -136,18 +135,6 @@ def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Write via `write(tmp_name)` beside `path`, then rename: readers see old or new, not half."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _default_gmse(name: str) -> float:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from compscale.files import write_text_atomic
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -90,15 +90,6 @@ def render_markdown(
     if footer:
         parts += [footer, ""]
     return "\n".join(parts)
-
-
-def write_text_atomic(target: Path, text: str) -> Path:
-    """Write via a temporary sibling and rename, so a crash leaves the old file or the new one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, target)
-    return target
 
 
 def write_report(out_dir: Path, title: str, sections: Sequence[Section], footer: str = "") -> Path:

@@ -106,7 +106,8 @@ def report_command(args: argparse.Namespace) -> int:
     figures = write_figures(reduction, results, out)
     title, sections, footer = _sections(args.sweep, store, results, reduction, figures)
 
-    from compscale.report import render_markdown, write_report, write_text_atomic
+    from compscale.files import write_text_atomic
+    from compscale.report import render_markdown, write_report
 
     page = write_report(out, title, sections, footer)
     if args.markdown:
