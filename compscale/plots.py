@@ -22,6 +22,14 @@ def _law_loss(reduction: Reduction, params: np.ndarray, tokens: np.ndarray, rho:
     return law["A"] * (params * rho) ** -law["alpha"] + law["B"] * tokens ** -law["beta"] + law["E"]
 
 
+def _label_formats(axis, names: pd.Series, x: pd.Series, y: pd.Series) -> None:
+    """Name each point by its format, just above and right of it."""
+    for name, x_value, y_value in zip(names, x, y, strict=True):
+        axis.annotate(
+            name, (x_value, y_value), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+
+
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=130))
@@ -94,14 +102,7 @@ def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
     error = [table["rho"] - table["ci_low"], table["ci_high"] - table["rho"]]
     error = None if table["ci_low"].isna().all() else np.abs(np.array(error, dtype=float))
     axis.errorbar(table["effective_bits"], table["rho"], yerr=error, fmt="o", capsize=3)
-    for row in table.itertuples():
-        axis.annotate(
-            row.format,
-            (row.effective_bits, row.rho),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
+    _label_formats(axis, table["format"], table["effective_bits"], table["rho"])
     if not reduction.capacity.empty:
         law = reduction.capacity.set_index("parameter")["value"]
         bits = np.linspace(0.05, max(table["effective_bits"].max(), 1.0) * 1.1, 200)
@@ -162,14 +163,7 @@ def _composition(reduction: Reduction, path: Path) -> Path:
     colours = ["C3" if flagged else "C0" for flagged in table["flagged"]]
     axis.errorbar(table["rho_product"], table["rho"], yerr=error, fmt="none", ecolor="grey")
     axis.scatter(table["rho_product"], table["rho"], c=colours, zorder=3)
-    for row in table.itertuples():
-        axis.annotate(
-            row.format,
-            (row.rho_product, row.rho),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
+    _label_formats(axis, table["format"], table["rho_product"], table["rho"])
     axis.plot([0, 1], [0, 1], "k--", lw=1)
     axis.set_xlabel("rho(A) x rho(B)")
     axis.set_ylabel("rho(A+B) fitted (95% CI)")
