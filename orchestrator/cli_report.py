@@ -22,11 +22,10 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `reduce` and `report` to the `compscale` parser."""
-    common = argparse.ArgumentParser(add_help=False)
+    from orchestrator.cli_sweep import store_parent
+
+    common = argparse.ArgumentParser(add_help=False, parents=[store_parent()])
     common.add_argument("sweep", help="sweep name")
-    common.add_argument(
-        "--store", help="results store: a path or pyarrow URI (default $COMPSCALE_STORE or ./store)"
-    )
     common.add_argument("--out", help="output folder (default: beside the sweep in the store)")
     common.add_argument(
         "--bootstrap", type=int, default=200, help="bootstrap resamples of cells (default 200)"

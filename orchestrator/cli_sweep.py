@@ -22,12 +22,18 @@ if TYPE_CHECKING:
     from workers.config import CellConfig
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands to the `compscale` parser."""
-    store_flag = argparse.ArgumentParser(add_help=False)
-    store_flag.add_argument(
+def store_parent() -> argparse.ArgumentParser:
+    """The `--store` option, shared by every command that reads or writes the store."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
         "--store", help="results store: a path or pyarrow URI (default $COMPSCALE_STORE or ./store)"
     )
+    return parent
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the `compscale` parser."""
+    store_flag = store_parent()
     runner = argparse.ArgumentParser(add_help=False)
     runner.add_argument(
         "--address", help="Ray cluster address (default $RAY_ADDRESS, else embedded)"
