@@ -21,7 +21,7 @@ import tempfile
 import time
 
 
-def noop_cell(cell, store_uri: str) -> dict:
+def noop_cell(cell, store_uri: str, attempt: int) -> dict:
     """The cell function of the benchmark: no training, so only the orchestration is timed."""
     return {"tokens": 0, "tokens_per_s": 0.0}
 

@@ -59,8 +59,3 @@ def expand(spec: SweepSpec, source: str = "<spec>") -> list[CellConfig]:
         )
         add(cell, f"extra_cells[{e}]")
     return cells
-
-
-def flops(cell: CellConfig) -> float:
-    """Estimated training compute in FLOPs: 6 N D (N non-embedding parameters, D tokens)."""
-    return 6.0 * cell.params * cell.tokens

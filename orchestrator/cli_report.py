@@ -52,7 +52,7 @@ def _sweep_dir(store: Store, sweep: str, out: str | None) -> Path:
         return Path(out)
     if "://" in store.uri and not store.uri.startswith("file://"):
         raise ValueError(f"--out: required for a remote store ({store.uri})")
-    return Path(store.path("sweeps", sweep))
+    return Path(store.layout.sweep(sweep).directory)
 
 
 def _results(store: Store, sweep: str) -> pd.DataFrame:

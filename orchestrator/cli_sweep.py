@@ -154,7 +154,6 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from orchestrator.cells import flops
     from orchestrator.driver import plan as plan_cells
 
     spec, _, cells = load(args.spec)
@@ -166,7 +165,7 @@ def plan(args: argparse.Namespace) -> int:
             item.cell.params,
             item.cell.tokens,
             f"{item.cell.tokens / item.cell.params:.1f}",
-            f"{flops(item.cell):.3g}",
+            f"{item.cell.flops:.3g}",
             item.status.state,
             item.action,
         ]
@@ -174,7 +173,7 @@ def plan(args: argparse.Namespace) -> int:
     ]
     columns = ["cell", "N (params)", "D (tokens)", "D/N", "FLOPs (6ND)", "state", "action"]
     _print_table(f"sweep {spec.name} in {store.uri}", columns, rows)
-    total = sum(flops(item.cell) for item in planned if item.action in ("run", "rerun"))
+    total = sum(item.cell.flops for item in planned if item.action in ("run", "rerun"))
     print(f"{len(cells)} cells: {_counts(planned)}; {total:.3g} FLOPs to run")
     return 0
 
@@ -248,7 +247,7 @@ def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
         if getattr(args, flag):
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     local = "://" not in store.uri
-    log = Path(store.root, "sweeps", name, "driver.log") if local else Path(f"{name}-driver.log")
+    log = Path(store.layout.sweep(name).driver_log) if local else Path(f"{name}-driver.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as output:
         process = subprocess.Popen(
@@ -297,7 +296,7 @@ def rerun(args: argparse.Namespace) -> int:
     from orchestrator.spec import parse_spec
 
     store = open_store(args)
-    source = f"{store.uri}/sweeps/{args.sweep}/spec.yaml"
+    source = store.layout.sweep(args.sweep).spec
     spec = parse_spec(store.spec_text(args.sweep), source=source)
     members = set(store.manifest(args.sweep))
     cells = [cell for cell in expand(spec, source=source) if cell.cell_id in members]

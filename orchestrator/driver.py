@@ -20,7 +20,8 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,8 @@ from orchestrator.spec import Resources
 from orchestrator.store import CellStatus, Store, utc_stamp
 from workers.config import CellConfig
 
-CellFunction = Callable[[CellConfig, str], dict]
+# (cell, store URI, attempt number) -> result row; the attempt is numbered by `execute_cell`.
+CellFunction = Callable[[CellConfig, str, int], dict]
 
 HEARTBEAT_S = 10.0  # seconds between lease renewals of a running cell
 LEASE_S = 60.0  # a running cell whose heartbeat is older than this is dead
@@ -84,10 +86,34 @@ def default_cell_function() -> CellFunction:
     return run_cell
 
 
+@contextmanager
+def heartbeat_lease(
+    store: Store, cell_id: str, attempt: int, host: str, pid: int, every_s: float
+) -> Iterator[None]:
+    """Hold the lease of a running attempt: a heartbeat now and every `every_s` seconds on a
+    daemon thread until the block ends, so a driver can tell a live attempt from a dead one."""
+    store.heartbeat(cell_id, attempt, host, pid)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(every_s):
+            try:
+                store.heartbeat(cell_id, attempt, host, pid)
+            except OSError as error:  # a missed beat is survivable; the lease is generous
+                print(f"heartbeat of {cell_id} failed: {error}", file=sys.stderr)
+
+    threading.Thread(target=renew, daemon=True, name=f"lease-{cell_id}").start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 def execute_cell(
     cell_json: str, store_uri: str, cell_fn: CellFunction, heartbeat_s: float = HEARTBEAT_S
 ) -> dict[str, Any]:
-    """The body of one cell's Ray task: status events and a heartbeat around the cell function.
+    """The body of one cell's Ray task: it starts an attempt, so it numbers it (one number for the
+    status events, the loss rows and the result row), holds its lease and records how it ended.
 
     Returns a small summary (tokens, tokens_per_s, wall_time_s), not the whole result row, so the
     driver's memory does not grow with the number of cells.
@@ -100,34 +126,22 @@ def execute_cell(
         record_death(store, last, "its process died (killed or node lost); Ray retried the task")
     attempt = store.next_attempt(cell_id)
     store.record(cell_id, "running", attempt, host=host, pid=pid)
-    store.heartbeat(cell_id, attempt, host, pid)
-    stop = threading.Event()
-
-    def renew_lease() -> None:
-        while not stop.wait(heartbeat_s):
-            try:
-                store.heartbeat(cell_id, attempt, host, pid)
-            except OSError as error:  # a missed beat is survivable; the lease is generous
-                print(f"heartbeat of {cell_id} failed: {error}", file=sys.stderr)
-
-    threading.Thread(target=renew_lease, daemon=True, name=f"lease-{cell_id}").start()
     started = time.perf_counter()
-    try:
-        result = cell_fn(cell, store_uri) or {}
-    except BaseException as error:
-        store.record(
-            cell_id,
-            "failed",
-            attempt,
-            host=host,
-            pid=pid,
-            error_class=type(error).__name__,
-            message=str(error),
-            traceback=traceback.format_exc(),
-        )
-        raise
-    finally:
-        stop.set()
+    with heartbeat_lease(store, cell_id, attempt, host, pid, heartbeat_s):
+        try:
+            result = cell_fn(cell, store_uri, attempt) or {}
+        except BaseException as error:
+            store.record(
+                cell_id,
+                "failed",
+                attempt,
+                host=host,
+                pid=pid,
+                error_class=type(error).__name__,
+                message=str(error),
+                traceback=traceback.format_exc(),
+            )
+            raise
     wall = time.perf_counter() - started
     store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall)
     return {
@@ -153,13 +167,13 @@ def record_death(store: Store, status: CellStatus, how: str) -> None:
 def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFunction:
     """Run `cell_fn` in `cell.world_size` Ray Train workers, each in a torch process group."""
 
-    def run_ddp(cell: CellConfig, store_uri: str) -> dict:
+    def run_ddp(cell: CellConfig, store_uri: str, attempt: int) -> dict:
         import ray.train
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         def train_loop() -> None:
-            result = cell_fn(cell, store_uri) or {}
+            result = cell_fn(cell, store_uri, attempt) or {}
             ray.train.report({k: v for k, v in result.items() if isinstance(v, (int, float))})
 
         per_worker = {"CPU": resources.cpus} | ({"GPU": resources.gpus} if resources.gpus else {})
@@ -217,168 +231,194 @@ class _InFlight:
     failures: int  # application errors of this cell in this run
 
 
-def drive(
-    sweep: str,
-    planned: list[Planned],
-    store: Store,
-    *,
-    resources: Resources,
-    retries: int,
-    max_in_flight: int = 0,
-    cell_fn: CellFunction | None = None,
-    heartbeat_s: float = HEARTBEAT_S,
-    lease_s: float = LEASE_S,
-    progress: Progress | None = None,
-) -> dict[str, int]:
-    """Run the planned cells on the connected Ray cluster; returns the final count per state.
+class Driver:
+    """Runs planned cells on the connected Ray cluster, keeping every fact in the store.
 
-    Each completion costs O(1) store writes and no listing, so overhead is flat in the cell count.
-    Stops early, recording `cancelled`, when `compscale cancel` asks.
+    `run()` loops: honour a cancel request, adopt or requeue cells another driver held
+    (`poll_waiting`), `submit` queued cells up to `max_in_flight`, `finish` completed ones. Each
+    completion costs O(1) store writes and no listing, so overhead is flat in the cell count.
     """
-    import ray
-    import ray.cloudpickle
 
-    cell_fn = cell_fn or default_cell_function()
-    module = getattr(cell_fn, "__module__", "") or ""
-    if (
-        module.split(".")[0] not in ("workers", "orchestrator", "__main__")
-        and module in sys.modules
+    def __init__(
+        self,
+        sweep: str,
+        store: Store,
+        *,
+        resources: Resources,
+        retries: int,
+        max_in_flight: int = 0,
+        cell_fn: CellFunction | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        lease_s: float = LEASE_S,
+        progress: Progress | None = None,
     ):
-        ray.cloudpickle.register_pickle_by_value(sys.modules[module])  # workers need not import it
-    ddp_fn = ddp_cell_function(cell_fn, resources)
-    task = ray.remote(execute_cell)
-    if max_in_flight <= 0:
-        max_in_flight = auto_in_flight(ray.cluster_resources(), resources, planned)
+        import ray
+        import ray.cloudpickle
 
-    progress = progress or Progress(sweep, len(planned), quiet=True)
-    queue: deque[_InFlight] = deque()
-    waiting: dict[str, CellConfig] = {}
-    for item in planned:
-        if item.action in ("run", "rerun"):
-            if item.status.state == "running":  # its lease expired: that attempt is dead
-                record_death(store, item.status, "its heartbeat lease expired")
-            queue.append(_InFlight(item.cell, 0))
-        elif item.action == "wait":
-            waiting[item.cell.cell_id] = item.cell
-    for state, action in (("skipped", "skip"), ("held", "hold")):
-        progress.set(state, sum(p.action == action for p in planned))
-    progress.set("pending", len(queue))
-    progress.set("waiting", len(waiting))
+        self.sweep, self.store, self.resources, self.retries = sweep, store, resources, retries
+        self.max_in_flight, self.heartbeat_s, self.lease_s = max_in_flight, heartbeat_s, lease_s
+        self.cell_fn = cell_fn or default_cell_function()
+        module = getattr(self.cell_fn, "__module__", "") or ""
+        if (
+            module.split(".")[0] not in ("workers", "orchestrator", "__main__")
+            and module in sys.modules
+        ):  # workers need not be able to import it
+            ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+        self.ddp_fn = ddp_cell_function(self.cell_fn, resources)
+        self.task = ray.remote(execute_cell)
+        self.progress: Progress | None = progress
+        self.queue: deque[_InFlight] = deque()
+        self.waiting: dict[str, CellConfig] = {}
+        self.in_flight: dict[Any, _InFlight] = {}
+        self.counts = {"done": 0, "failed": 0, "cancelled": 0}
 
-    in_flight: dict[Any, _InFlight] = {}
-    counts = {"done": 0, "failed": 0, "cancelled": 0}
-    started = utc_stamp()
-    next_cancel_check = next_wait_check = 0.0
+    def run(self, planned: list[Planned]) -> dict[str, int]:
+        """Run the planned cells; returns the final count per state. Stops early, recording
+        `cancelled`, when `compscale cancel` asks."""
+        import ray
 
-    def submit(item: _InFlight) -> None:
+        self.progress = self.progress or Progress(self.sweep, len(planned), quiet=True)
+        if self.max_in_flight <= 0:
+            self.max_in_flight = auto_in_flight(ray.cluster_resources(), self.resources, planned)
+        for item in planned:
+            if item.action in ("run", "rerun"):
+                if item.status.state == "running":  # its lease expired: that attempt is dead
+                    record_death(self.store, item.status, "its heartbeat lease expired")
+                self.queue.append(_InFlight(item.cell, 0))
+            elif item.action == "wait":
+                self.waiting[item.cell.cell_id] = item.cell
+        for state, action in (("skipped", "skip"), ("held", "hold")):
+            self.progress.set(state, sum(p.action == action for p in planned))
+        self.progress.set("pending", len(self.queue))
+        self.progress.set("waiting", len(self.waiting))
+
+        started = utc_stamp()
+        next_cancel_check = next_wait_check = 0.0
+        try:
+            while self.queue or self.in_flight or self.waiting:
+                now = time.monotonic()
+                if now >= next_cancel_check:
+                    next_cancel_check = now + CANCEL_POLL_S
+                    if self.store.cancel_requested_since(self.sweep, started):
+                        self.cancel()
+                        break
+                if self.waiting and now >= next_wait_check:
+                    next_wait_check = now + min(self.lease_s / 4, 5.0)
+                    self.poll_waiting()
+                while self.queue and len(self.in_flight) < self.max_in_flight:
+                    self.submit(self.queue.popleft())
+                if not self.in_flight:
+                    time.sleep(0.2)
+                    continue
+                refs = list(self.in_flight)
+                ready, _ = ray.wait(refs, num_returns=1, timeout=CANCEL_POLL_S)
+                if ready:
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                for ref in ready:
+                    self.finish(ref)
+        finally:
+            self.progress.close()
+        return self.counts
+
+    def submit(self, item: _InFlight) -> None:
+        """Start one cell's Ray task (`pending` is recorded first, attempt 0: not started)."""
         cell = item.cell
-        store.record(cell.cell_id, "pending", 0, host=socket.gethostname(), pid=os.getpid())
-        if cell.world_size > 1:
+        self.store.record(cell.cell_id, "pending", 0, host=socket.gethostname(), pid=os.getpid())
+        if (
+            cell.world_size > 1
+        ):  # the task only launches Ray Train workers, which hold the resources
             options = {"num_cpus": 0, "num_gpus": 0}
-            function = ddp_fn
+            function = self.ddp_fn
         else:
-            options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
-            function = cell_fn
-        ref = task.options(
-            **options, max_retries=retries, retry_exceptions=False, name=cell.cell_id
-        ).remote(cell.model_dump_json(), store.uri, function, heartbeat_s)
-        in_flight[ref] = item
-        progress.move("pending", "running")
+            options = {"num_cpus": self.resources.cpus, "num_gpus": self.resources.gpus}
+            function = self.cell_fn
+        ref = self.task.options(
+            **options, max_retries=self.retries, retry_exceptions=False, name=cell.cell_id
+        ).remote(cell.model_dump_json(), self.store.uri, function, self.heartbeat_s)
+        self.in_flight[ref] = item
+        self.progress.move("pending", "running")
 
-    def finish(ref: Any) -> None:
-        item = in_flight.pop(ref)
+    def finish(self, ref: Any) -> None:
+        """Account for a completed task: done, retried after an application error, or failed."""
+        import ray
+
+        item = self.in_flight.pop(ref)
         cell_id = item.cell.cell_id
         try:
             summary = ray.get(ref)
         except ray.exceptions.RayTaskError as error:  # the cell function raised; recorded already
             item.failures += 1
             kind = type(error.cause).__name__ if error.cause else "error"
-            if item.failures <= retries:
-                queue.append(item)
-                progress.move("running", "pending", f"retry {cell_id} after {kind}")
-            else:
-                if store.status(cell_id).state != "failed":  # the task failed before the cell
-                    store.record(
-                        cell_id,
-                        "failed",
-                        0,
-                        error_class=kind,
-                        message=str(error.cause or error).splitlines()[0],
-                        traceback=str(error),
-                    )
-                counts["failed"] += 1
-                progress.move("running", "failed", f"failed {cell_id}: {kind}")
+            if item.failures <= self.retries:
+                self.queue.append(item)
+                self.progress.move("running", "pending", f"retry {cell_id} after {kind}")
+                return
+            if self.store.status(cell_id).state != "failed":  # the task failed before the cell
+                self.store.record(
+                    cell_id,
+                    "failed",
+                    0,
+                    error_class=kind,
+                    message=str(error.cause or error).splitlines()[0],
+                    traceback=str(error),
+                )
+            self._failed(cell_id, kind)
         except ray.exceptions.RayError as error:  # the worker died more often than Ray retries
-            status = store.status(cell_id)
-            store.record(
+            status = self.store.status(cell_id)
+            self.store.record(
                 cell_id,
                 "failed",
                 status.attempt,
                 error_class=type(error).__name__,
                 message=str(error).splitlines()[0] if str(error) else "",
             )
-            counts["failed"] += 1
-            progress.move("running", "failed", f"failed {cell_id}: {type(error).__name__}")
+            self._failed(cell_id, type(error).__name__)
         else:
-            counts["done"] += 1
-            progress.add_tokens(summary["tokens"])
-            progress.move("running", "done", f"done {cell_id} ({summary['wall_time_s']:.1f} s)")
+            self.counts["done"] += 1
+            self.progress.add_tokens(summary["tokens"])
+            self.progress.move(
+                "running", "done", f"done {cell_id} ({summary['wall_time_s']:.1f} s)"
+            )
 
-    try:
-        while queue or in_flight or waiting:
-            now = time.monotonic()
-            if now >= next_cancel_check:
-                next_cancel_check = now + CANCEL_POLL_S
-                if store.cancel_requested_since(sweep, started):
-                    _cancel(store, in_flight, queue, waiting, counts, progress)
-                    break
-            if waiting and now >= next_wait_check:  # cells another driver's worker holds
-                next_wait_check = now + min(lease_s / 4, 5.0)
-                for cell_id, cell in list(waiting.items()):
-                    status = store.status(cell_id)
-                    if status.state == "done":
-                        del waiting[cell_id]
-                        counts["done"] += 1
-                        progress.move("waiting", "done", f"done elsewhere {cell_id}")
-                    elif status.state != "running" or status.is_stale(lease_s):
-                        del waiting[cell_id]
-                        if status.state == "running":
-                            record_death(store, status, "its heartbeat lease expired")
-                        queue.append(_InFlight(cell, 0))
-                        progress.move("waiting", "pending", f"lease expired {cell_id}")
-            while queue and len(in_flight) < max_in_flight:
-                submit(queue.popleft())
-            if not in_flight:
-                time.sleep(0.2)
-                continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=CANCEL_POLL_S)
-            if ready:
-                ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
-            for ref in ready:
-                finish(ref)
-    finally:
-        progress.close()
-    return counts
+    def _failed(self, cell_id: str, kind: str) -> None:
+        self.counts["failed"] += 1
+        self.progress.move("running", "failed", f"failed {cell_id}: {kind}")
+
+    def poll_waiting(self) -> None:
+        """Cells another driver's worker held: count them done when they finish, or take them
+        over when their lease expires."""
+        for cell_id, cell in list(self.waiting.items()):
+            status = self.store.status(cell_id)
+            if status.state == "done":
+                del self.waiting[cell_id]
+                self.counts["done"] += 1
+                self.progress.move("waiting", "done", f"done elsewhere {cell_id}")
+            elif status.state != "running" or status.is_stale(self.lease_s):
+                del self.waiting[cell_id]
+                if status.state == "running":
+                    record_death(self.store, status, "its heartbeat lease expired")
+                self.queue.append(_InFlight(cell, 0))
+                self.progress.move("waiting", "pending", f"lease expired {cell_id}")
+
+    def cancel(self) -> None:
+        """Stop every running task and drop the queue, recording each cell `cancelled`."""
+        import ray
+
+        for ref, item in self.in_flight.items():
+            ray.cancel(ref, force=True)
+            self.store.record(item.cell.cell_id, "cancelled", 0, message="cancelled while running")
+            self.progress.move("running", "cancelled")
+        for item in self.queue:
+            self.store.record(
+                item.cell.cell_id, "cancelled", 0, message="cancelled before it started"
+            )
+            self.progress.move("pending", "cancelled")
+        self.counts["cancelled"] += len(self.in_flight) + len(self.queue)
+        self.in_flight.clear()
+        self.queue.clear()
+        self.waiting.clear()
 
 
-def _cancel(
-    store: Store,
-    in_flight: dict[Any, _InFlight],
-    queue: deque[_InFlight],
-    waiting: dict[str, CellConfig],
-    counts: dict[str, int],
-    progress: Progress,
-) -> None:
-    import ray
-
-    for ref, item in in_flight.items():
-        ray.cancel(ref, force=True)
-        store.record(item.cell.cell_id, "cancelled", 0, message="cancelled while running")
-        progress.move("running", "cancelled")
-    for item in queue:
-        store.record(item.cell.cell_id, "cancelled", 0, message="cancelled before it started")
-        progress.move("pending", "cancelled")
-    counts["cancelled"] += len(in_flight) + len(queue)
-    in_flight.clear()
-    queue.clear()
-    waiting.clear()
+def drive(sweep: str, planned: list[Planned], store: Store, **options: Any) -> dict[str, int]:
+    """Run `planned` with a `Driver` (options: its keyword arguments); the count per state."""
+    return Driver(sweep, store, **options).run(planned)

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from workers.config import DataConfig, ModelConfig, TrainConfig, preset
+from workers.config import DataConfig, ModelConfig, TrainConfig, resolve_model
 
 
 class SpecError(ValueError):
@@ -83,15 +83,7 @@ class ModelEntry(_Strict):
 
     def resolve(self) -> ModelConfig:
         """The explicit shape, so presets never reach a cell id."""
-        dims = self.model_dump(exclude={"preset", "train"}, exclude_none=True)
-        if self.preset is not None:
-            return ModelConfig.model_validate(preset(self.preset).model_dump() | dims)
-        missing = [name for name in ("d_model", "n_layers", "n_heads") if name not in dims]
-        if missing:
-            raise ValueError(
-                f"expected a preset name or d_model, n_layers, n_heads; missing {missing}"
-            )
-        return ModelConfig.model_validate(dims)
+        return resolve_model(self.model_dump(exclude={"train"}, exclude_none=True))
 
 
 Model = Annotated[ModelEntry, BeforeValidator(_preset_name_to_mapping)]

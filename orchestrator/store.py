@@ -1,4 +1,4 @@
-"""The results store: the layout of docs/contracts.md on a local path or any pyarrow filesystem URI.
+"""The results store: the layout of `workers.layout` on a local path or any pyarrow filesystem URI.
 
 Every file is written once under a temporary name and renamed into place, and state changes are new
 files (status events), so a crash leaves the old state or the new one and no file is rewritten by
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from workers import storage
 from workers.config import CellConfig
+from workers.layout import EVENT_NAME, LOSS_PART, RESULT, Layout, resolve
 from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 if TYPE_CHECKING:
@@ -48,10 +49,6 @@ STATUS_SCHEMA = pa.schema(
 )
 
 VIEWS = ("cells", "status", "events", "losses_raw", "losses", "results", "sweeps")
-
-_EVENT_NAME = re.compile(r"^(?P<ts>\d{8}T\d{6}\.\d{6}Z)-a(?P<attempt>\d+)-(?P<state>[a-z]+)\.json$")
-_LOSS_PART = re.compile(r"/cells/[^/]+/losses/attempt-\d+/part-\d+\.parquet$")
-_RESULT = re.compile(r"/cells/[^/]+/result\.parquet$")
 
 
 def utc_stamp(moment: datetime | None = None) -> str:
@@ -80,28 +77,14 @@ class Store:
     """A results store rooted at a local path or a pyarrow filesystem URI (s3://, gs://, file://)."""
 
     def __init__(self, uri: str | os.PathLike[str]):
-        text = os.fspath(uri)
-        if "://" in text:
-            try:
-                self.fs, self.root = pafs.FileSystem.from_uri(text)
-            except (pa.ArrowException, OSError) as error:
-                raise ValueError(f"store {text!r}: {error}") from None
-            self.uri = text
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(text)
-            self.uri = self.root  # absolute, so Ray workers in other directories find it
-        self.root = self.root.rstrip("/")
+        location = resolve(uri)
+        self.fs, self.root, self.uri = location.filesystem, location.root, location.uri
+        self.layout = Layout(self.root)
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
 
-    # ---- paths and primitive I/O -------------------------------------------------------------
-    def path(self, *parts: str) -> str:
-        return "/".join((self.root, *parts))
-
-    def cell_dir(self, cell_id: str) -> str:
-        return self.path("cells", cell_id)
-
+    # ---- primitive I/O -------------------------------------------------------------------------
     def write_atomic(self, path: str, data: bytes) -> None:
         """Write to a temporary sibling, then rename: readers see the old file or the new one."""
         storage.write_atomic(self.fs, path, data)
@@ -120,8 +103,8 @@ class Store:
         """Names of the finished (non-temporary) entries of a directory; empty if it is absent."""
         return storage.list_names(self.fs, directory)
 
-    def _files_matching(self, pattern: re.Pattern[str], under: str = "cells") -> list[str]:
-        selector = pafs.FileSelector(self.path(under), recursive=True, allow_not_found=True)
+    def _files_matching(self, pattern: re.Pattern[str]) -> list[str]:
+        selector = pafs.FileSelector(self.layout.cells, recursive=True, allow_not_found=True)
         return sorted(
             info.path
             for info in self.fs.get_file_info(selector)
@@ -131,12 +114,10 @@ class Store:
     # ---- cells and sweeps ----------------------------------------------------------------------
     def put_cell(self, cell: CellConfig) -> None:
         """Record a cell's canonical config once; an existing cell.json is left as it is."""
-        path = self.path("cells", cell.cell_id, "cell.json")
-        if not self.exists(path):
-            self.write_atomic(path, cell.model_dump_json(indent=1).encode())
+        storage.write_cell_config(self.fs, self.layout, cell)
 
     def load_cell(self, cell_id: str) -> CellConfig:
-        path = self.path("cells", cell_id, "cell.json")
+        path = self.layout.cell(cell_id).config
         if not self.exists(path):
             raise FileNotFoundError(f"{path}: no such cell in the store")
         with self.fs.open_input_stream(path) as stream:
@@ -144,19 +125,20 @@ class Store:
 
     def put_sweep(self, name: str, spec_text: str, cell_ids: list[str]) -> None:
         """Write a sweep's spec and manifest (its cell ids; a cell may be in several sweeps)."""
-        self.write_atomic(self.path("sweeps", name, "spec.yaml"), spec_text.encode())
+        paths = self.layout.sweep(name)
+        self.write_atomic(paths.spec, spec_text.encode())
         self.write_json(
-            self.path("sweeps", name, "manifest.json"),
+            paths.manifest,
             {"sweep": name, "cell_ids": cell_ids, "written_at": utc_stamp()},
         )
 
     def sweep_names(self) -> list[str]:
         """Sweeps with a manifest (a folder left without one, e.g. by a crash, is not a sweep)."""
-        names = self.list_names(self.path("sweeps"))
-        return [n for n in names if self.exists(self.path("sweeps", n, "manifest.json"))]
+        names = self.list_names(self.layout.sweeps)
+        return [n for n in names if self.exists(self.layout.sweep(n).manifest)]
 
     def manifest(self, name: str) -> list[str]:
-        path = self.path("sweeps", name, "manifest.json")
+        path = self.layout.sweep(name).manifest
         if not self.exists(path):
             known = ", ".join(self.sweep_names()) or "none"
             raise FileNotFoundError(f"no sweep {name!r} in store {self.uri} (sweeps: {known})")
@@ -164,59 +146,57 @@ class Store:
 
     def spec_text(self, name: str) -> str:
         self.manifest(name)  # the one-line error for an unknown sweep
-        with self.fs.open_input_stream(self.path("sweeps", name, "spec.yaml")) as stream:
+        with self.fs.open_input_stream(self.layout.sweep(name).spec) as stream:
             return stream.read().decode()
 
     def request_cancel(self, name: str) -> None:
         """Ask the sweep's running driver to stop (a new file per request: append-only)."""
         self.manifest(name)
-        self.write_json(self.path("sweeps", name, "cancel", f"{utc_stamp()}.json"), {"sweep": name})
+        self.write_json(self.layout.sweep(name).cancel_request(utc_stamp()), {"sweep": name})
 
     def cancel_requested_since(self, name: str, stamp: str) -> bool:
         """Whether a cancel request newer than `stamp` (a `utc_stamp`) exists for the sweep."""
-        return any(entry > stamp for entry in self.list_names(self.path("sweeps", name, "cancel")))
+        requests = self.list_names(self.layout.sweep(name).cancel_requests)
+        return any(entry > stamp for entry in requests)
 
     # ---- status events and heartbeats ----------------------------------------------------------
     def record(self, cell_id: str, state: str, attempt: int, **details: Any) -> None:
-        """Append one status event: `cells/<id>/status/<utc-ts>-a<k>-<state>.json`."""
+        """Append one status event (`CellPaths.event`): a new file per state change."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         moment = datetime.now(timezone.utc)
         event = {"cell_id": cell_id, "state": state, "attempt": attempt, "at": moment.isoformat()}
-        name = f"{utc_stamp(moment)}-a{attempt}-{state}.json"
-        self.write_json(self.path("cells", cell_id, "status", name), event | details)
+        path = self.layout.cell(cell_id).event(utc_stamp(moment), attempt, state)
+        self.write_json(path, event | details)
 
     def events(self, cell_id: str) -> list[str]:
-        """The cell's status event file names, oldest first."""
-        return [
-            n
-            for n in self.list_names(self.path("cells", cell_id, "status"))
-            if _EVENT_NAME.match(n)
-        ]
+        """The cell's status event file paths, oldest first."""
+        paths = storage.list_paths(self.fs, self.layout.cell(cell_id).status)
+        return [path for path in paths if EVENT_NAME.match(path.rsplit("/", 1)[1])]
 
     def next_attempt(self, cell_id: str) -> int:
-        """1 + the number of attempts that started (`running` events) for the cell."""
-        return 1 + sum(name.endswith("-running.json") for name in self.events(cell_id))
+        """The number the next attempt of the cell gets (`workers.storage.next_attempt`)."""
+        return storage.next_attempt(self.fs, self.layout.cell(cell_id))
 
     def heartbeat(self, cell_id: str, attempt: int, host: str, pid: int) -> None:
         """Renew the lease of a running attempt (one small per-cell file, rewritten atomically)."""
         self.write_json(
-            self.path("cells", cell_id, "heartbeat.json"),
+            self.layout.cell(cell_id).heartbeat,
             {"attempt": attempt, "host": host, "pid": pid, "unix_time": time.time()},
         )
 
     def has_result(self, cell_id: str) -> bool:
-        return self.exists(self.path("cells", cell_id, "result.parquet"))
+        return self.exists(self.layout.cell(cell_id).result)
 
     def status(self, cell_id: str) -> CellStatus:
         """The cell's current state: its latest event's, or done if it has none but a result (a
         cell trained outside the orchestrator), else pending."""
-        names = self.events(cell_id)
-        event = self.read_json(self.path("cells", cell_id, "status", names[-1])) if names else {}
+        paths = self.events(cell_id)
+        event = self.read_json(paths[-1]) if paths else {}
         state = event.get("state") or ("done" if self.has_result(cell_id) else "pending")
         age = None
         if state == "running":
-            beat_path = self.path("cells", cell_id, "heartbeat.json")
+            beat_path = self.layout.cell(cell_id).heartbeat
             if self.exists(beat_path):
                 age = time.time() - self.read_json(beat_path)["unix_time"]
         return CellStatus(cell_id, state, int(event.get("attempt", 0)), event, age)
@@ -224,7 +204,7 @@ class Store:
     # ---- reads for the reducer and for SQL -----------------------------------------------------
     def results(self, sweep: str) -> pd.DataFrame:
         """The result rows of a sweep's finished cells, one per cell: compscale.reduce's input."""
-        paths = [self.path("cells", c, "result.parquet") for c in self.manifest(sweep)]
+        paths = [self.layout.cell(c).result for c in self.manifest(sweep)]
         tables = [pq.read_table(p, filesystem=self.fs) for p in paths if self.exists(p)]
         if not tables:
             return RESULT_SCHEMA.empty_table().to_pandas()
@@ -256,12 +236,12 @@ class Store:
         return self.connect(named).sql(sql)
 
     def cell_ids(self) -> list[str]:
-        return self.list_names(self.path("cells"))
+        return self.list_names(self.layout.cells)
 
     def _cells_relation(self) -> pa.Table:
         rows = []
         for cell_id in self.cell_ids():
-            if not self.exists(self.path("cells", cell_id, "cell.json")):
+            if not self.exists(self.layout.cell(cell_id).config):
                 continue
             cell = self.load_cell(cell_id)
             rows.append(
@@ -272,7 +252,7 @@ class Store:
                     "tokens": cell.tokens,
                     "format": cell.format,
                     "seed": cell.seed,
-                    "flops": 6.0 * cell.params * cell.tokens,
+                    "flops": cell.flops,
                     "d_model": cell.model.d_model,
                     "n_layers": cell.model.n_layers,
                     "n_heads": cell.model.n_heads,
@@ -293,8 +273,8 @@ class Store:
     def _events_relation(self) -> pa.Table:
         events = []
         for cell_id in self.cell_ids():
-            for name in self.events(cell_id):
-                event = self.read_json(self.path("cells", cell_id, "status", name))
+            for path in self.events(cell_id):
+                event = self.read_json(path)
                 events.append(CellStatus(cell_id, event["state"], event["attempt"], event))
         return self._status_table(events)
 
@@ -316,13 +296,13 @@ class Store:
         return pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
 
     def _losses_raw_relation(self) -> ds.Dataset | pa.Table:
-        paths = self._files_matching(_LOSS_PART)
+        paths = self._files_matching(LOSS_PART)
         if not paths:
             return LOSS_SCHEMA.empty_table()
         return ds.dataset(paths, schema=LOSS_SCHEMA, filesystem=self.fs, format="parquet")
 
     def _results_relation(self) -> pa.Table:
-        paths = self._files_matching(_RESULT)
+        paths = self._files_matching(RESULT)
         if not paths:
             return RESULT_SCHEMA.empty_table()
         tables = [pq.read_table(p, filesystem=self.fs) for p in paths]

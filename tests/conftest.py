@@ -12,3 +12,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray for the module's tests, on 127.0.0.1, stopped afterwards."""
+    import ray
+
+    # address="local": a fresh instance even when a `ray start` head runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()

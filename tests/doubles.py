@@ -37,15 +37,12 @@ def control_dir(store_uri: str) -> Path:
     return Path(store_uri).parent / "double"
 
 
-def run_cell(cell: CellConfig | dict, store_uri: str) -> dict:
+def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict:
     cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
     control = control_dir(store_uri)
     store = Store(store_uri)
-    losses_dir = store.path("cells", cell.cell_id, "losses")
-    attempts = [
-        int(n.split("-")[1]) for n in store.list_names(losses_dir) if n.startswith("attempt-")
-    ]
-    attempt = 1 + max(attempts, default=0)
+    paths = store.layout.cell(cell.cell_id)
+    attempt = attempt if attempt is not None else store.next_attempt(cell.cell_id)
     sleep_file = control / "sleep_s"
     sleep_s = float(sleep_file.read_text()) if sleep_file.exists() else 0.2
     if (control / "fail" / cell.cell_id).exists():
@@ -78,8 +75,7 @@ def run_cell(cell: CellConfig | dict, store_uri: str) -> dict:
         )
         if step % FLUSH_EVERY == 0 or step == STEPS:
             table = pa.Table.from_pylist(rows, schema=LOSS_SCHEMA)
-            path = f"{losses_dir}/attempt-{attempt}/part-{part:06d}.parquet"
-            store.write_atomic(path, _parquet_bytes(table))
+            store.write_atomic(paths.loss_part(attempt, part), _parquet_bytes(table))
             rows, part = [], part + 1
             kill_marker = control / "kill" / cell.cell_id
             if kill_marker.exists():
@@ -106,7 +102,7 @@ def run_cell(cell: CellConfig | dict, store_uri: str) -> dict:
         "finished_at": datetime.now(timezone.utc),
     }
     table = pa.Table.from_pylist([result], schema=RESULT_SCHEMA)
-    store.write_atomic(store.path("cells", cell.cell_id, "result.parquet"), _parquet_bytes(table))
+    store.write_atomic(paths.result, _parquet_bytes(table))
     return result
 
 

@@ -1,6 +1,6 @@
 """Expansion of a spec into cells: the grid, relative budgets, per-size settings, stable ids."""
 
-from orchestrator.cells import expand, flops
+from orchestrator.cells import expand
 from orchestrator.spec import parse_spec
 from workers.config import preset
 
@@ -51,4 +51,4 @@ def test_the_same_cell_in_two_sweeps_has_the_same_id():
 
 def test_flops_are_six_n_d():
     cell = cells()[0]
-    assert flops(cell) == 6 * cell.params * cell.tokens
+    assert cell.flops == 6 * cell.params * cell.tokens

@@ -34,15 +34,19 @@ def fill_store(store: Store, sweep: str) -> None:
                     "finished_at": datetime.now(timezone.utc),
                 }  # fmt: skip
                 table = pa.Table.from_pylist([row], schema=RESULT_SCHEMA)
-                directory = store.path("cells", cell_id)
-                store.fs.create_dir(directory, recursive=True)
-                pq.write_table(table, f"{directory}/result.parquet", filesystem=store.fs)
+                store.write_atomic(store.layout.cell(cell_id).result, parquet_bytes(table))
                 cell_ids.append(cell_id)
     store.put_sweep(sweep, "name: synthetic\n", cell_ids)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 def store_dir(store: Store) -> Path:
-    return Path(store.path("sweeps", "synthetic", "reduction"))
+    return Path(store.layout.sweep("synthetic").reduction)
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,6 @@ retries: 1
 """
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    # address="local": a fresh instance even when a `ray start` head runs on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
-
-
 def submit(store: Store, **plan_options) -> dict[str, int]:
     """What `compscale submit` does, in process, with the double as the cell function."""
     spec = parse_spec(SPEC)
@@ -179,7 +169,7 @@ def test_an_attempt_that_wrote_its_result_then_died_is_not_rerun(tmp_path):
     store.record(cell.cell_id, "running", 1, host="h", pid=1)
     doubles.run_cell(cell, store.uri)  # the result lands; then the task dies before `done`
     stale = {"attempt": 1, "host": "h", "pid": 1, "unix_time": time.time() - 120}
-    store.write_json(store.path("cells", cell.cell_id, "heartbeat.json"), stale)
+    store.write_json(store.layout.cell(cell.cell_id).heartbeat, stale)
     assert [item.action for item in plan([cell], store, lease_s=60)] == ["skip"]
 
 

@@ -3,16 +3,16 @@
 import pyarrow.parquet as pq
 import torch
 
-from workers.sink import (
-    LOSS_SCHEMA,
-    RESULT_SCHEMA,
-    LossSink,
-    next_attempt,
-    read_losses,
-    read_result,
-)
+from workers import storage
+from workers.layout import Layout, resolve
+from workers.sink import LOSS_SCHEMA, RESULT_SCHEMA, LossSink, read_losses, read_result
 
 CELL = "tiny-dense-s0-000000000000"
+
+
+def next_attempt(store_uri: str) -> int:
+    location = resolve(store_uri)
+    return storage.next_attempt(location.filesystem, Layout(location.root).cell(CELL))
 
 
 def row(step: int, loss: float) -> dict:
@@ -51,12 +51,12 @@ def test_a_time_based_flush_happens_without_being_asked(tmp_path):
 
 
 def test_attempts_count_up_and_the_read_view_keeps_the_latest_attempt_per_step(tmp_path):
-    assert next_attempt(str(tmp_path), CELL) == 1
-    first = LossSink(str(tmp_path), CELL, attempt=next_attempt(str(tmp_path), CELL))
+    assert next_attempt(str(tmp_path)) == 1
+    first = LossSink(str(tmp_path), CELL, attempt=next_attempt(str(tmp_path)))
     for step in range(5):
         first.append(**row(step, 3.0))
     first.flush()
-    second = LossSink(str(tmp_path), CELL, attempt=next_attempt(str(tmp_path), CELL))
+    second = LossSink(str(tmp_path), CELL, attempt=next_attempt(str(tmp_path)))
     assert second.attempt == 2
     for step in range(3, 8):
         second.append(**row(step, 1.0))

@@ -2,7 +2,6 @@
 pyarrow filesystem."""
 
 import io
-import json
 import time
 
 import pyarrow as pa
@@ -28,16 +27,14 @@ def write_losses(store: Store, cell_id: str, attempt: int, steps: range, loss: f
         {"cell_id": cell_id, "attempt": attempt, "step": s, "tokens": 10 * s, "train_loss": loss}
         for s in steps
     ]
-    path = store.path("cells", cell_id, "losses", f"attempt-{attempt}", "part-000000.parquet")
+    path = store.layout.cell(cell_id).loss_part(attempt, 0)
     store.write_atomic(path, parquet(rows, LOSS_SCHEMA))
 
 
 def write_result(store: Store, cell: CellConfig, val_loss: float) -> None:
     row = {"cell_id": cell.cell_id, "params": cell.params, "tokens": cell.tokens}
     row |= {"format": cell.format, "seed": cell.seed, "val_loss": val_loss}
-    store.write_atomic(
-        store.path("cells", cell.cell_id, "result.parquet"), parquet([row], RESULT_SCHEMA)
-    )
+    store.write_atomic(store.layout.cell(cell.cell_id).result, parquet([row], RESULT_SCHEMA))
 
 
 @pytest.fixture(params=["local", "mock"])
@@ -62,7 +59,7 @@ def test_each_state_change_is_a_new_file_and_status_is_the_latest(store):
         "ValueError",
     )
     assert store.next_attempt(cell.cell_id) == 2
-    listing = store.list_names(store.path("cells", cell.cell_id))
+    listing = store.list_names(store.layout.cell(cell.cell_id).directory)
     assert not [n for n in listing if n.startswith(".tmp-")]  # temporaries were renamed away
 
 
@@ -80,7 +77,7 @@ def test_a_running_cell_whose_heartbeat_is_older_than_the_lease_is_stale(store):
     store.heartbeat(cell_id, 1, "h", 1)
     assert not store.status(cell_id).is_stale(lease_s=30)
     old = {"attempt": 1, "host": "h", "pid": 1, "unix_time": time.time() - 100}
-    store.write_json(store.path("cells", cell_id, "heartbeat.json"), old)
+    store.write_json(store.layout.cell(cell_id).heartbeat, old)
     assert store.status(cell_id).is_stale(lease_s=30)
 
 
@@ -111,7 +108,8 @@ def test_results_of_a_sweep_hold_only_its_finished_cells(store):
 
 def test_an_unknown_sweep_is_one_line_naming_the_known_ones(store):
     store.put_sweep("a", "name: a\n", [])
-    store.write_json(store.path("sweeps", "stray", "note.json"), {})  # no manifest: not a sweep
+    stray = store.layout.sweep("stray").directory
+    store.write_json(f"{stray}/note.json", {})  # a folder with no manifest is not a sweep
     with pytest.raises(FileNotFoundError, match=r"no sweep 'zzz' in store .* \(sweeps: a\)"):
         store.results("zzz")
 
@@ -131,5 +129,5 @@ def test_a_local_store_path_is_made_absolute_for_workers_in_other_directories(
     monkeypatch.chdir(tmp_path)
     store = Store("relative/store")
     assert store.uri == str(tmp_path / "relative" / "store")
-    store.write_json(store.path("x.json"), {"a": 1})
-    assert json.loads((tmp_path / "relative" / "store" / "x.json").read_text()) == {"a": 1}
+    store.put_sweep("a", "name: a\n", [])
+    assert (tmp_path / "relative" / "store" / "sweeps" / "a" / "manifest.json").is_file()

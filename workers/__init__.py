@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from workers.config import CellConfig
 
 
-def run_cell(cell: CellConfig | dict, store_uri: str) -> dict[str, Any]:
-    """Train one cell into the store at `store_uri` (path or URI); returns its result row."""
+def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict[str, Any]:
+    """Train one cell into the store at `store_uri` (path or URI) as attempt `attempt` (None: the
+    cell's next one); returns its result row."""
     from workers.train import run_cell as train_cell
 
-    return train_cell(cell, store_uri)
+    return train_cell(cell, store_uri, attempt)

@@ -13,32 +13,20 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from workers.config import CellConfig, preset
+from workers.config import CellConfig
 
 
 def load_cell_file(path: str | Path) -> CellConfig:
     """Read a CellConfig from YAML or JSON; `model` may be a preset name such as `tiny`, or a
     mapping with a `preset` key and fields that override it (e.g. `{preset: tiny, seq_len: 64}`).
-
-    The format string is canonicalised (`str(parse(s))`) as the orchestrator does, so the cell id
-    matches the one a sweep would give the same cell.
-    """
+    `CellConfig` resolves the preset and canonicalises the format, so the cell id matches the one
+    a sweep would give the same cell."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"cell file {str(path)!r} does not exist")
     fields: Any = yaml.safe_load(path.read_text())
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: expected a mapping of cell fields, got {type(fields).__name__}")
-    model = fields.get("model")
-    if isinstance(model, str):
-        fields["model"] = preset(model)
-    elif isinstance(model, dict) and "preset" in model:
-        overrides = {key: value for key, value in model.items() if key != "preset"}
-        fields["model"] = preset(model["preset"]).model_dump() | overrides
-    if isinstance(fields.get("format"), str):
-        from compscale.formats import parse
-
-        fields["format"] = str(parse(fields["format"]))
     try:
         return CellConfig.model_validate(fields)
     except ValidationError as error:

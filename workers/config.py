@@ -11,9 +11,10 @@ import hashlib
 import json
 import math
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BYTE_VOCAB = 256
 
@@ -77,6 +78,23 @@ def preset(name: str) -> ModelConfig:
         ) from None
 
 
+def resolve_model(value: str | Mapping[str, Any] | ModelConfig) -> ModelConfig:
+    """The one preset resolver (sweep specs and cell files alike): a preset name, a mapping of
+    explicit dimensions, or a mapping with `preset` whose other keys override the preset's."""
+    if isinstance(value, ModelConfig):
+        return value
+    if isinstance(value, str):
+        return preset(value)
+    fields = dict(value)
+    name = fields.pop("preset", None)
+    if name is not None:
+        return ModelConfig.model_validate(preset(name).model_dump() | fields)
+    missing = [key for key in ("d_model", "n_layers", "n_heads") if key not in fields]
+    if missing:
+        raise ValueError(f"expected a preset name or d_model, n_layers, n_heads; missing {missing}")
+    return ModelConfig.model_validate(fields)
+
+
 class TrainConfig(_Frozen):
     """Optimiser and loop settings. Batch sizes are in sequences of `ModelConfig.seq_len` tokens."""
 
@@ -125,9 +143,29 @@ class CellConfig(_Frozen):
     data: DataConfig = DataConfig()
     world_size: int = Field(default=1, gt=0)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _resolve_model(cls, value: Any) -> Any:
+        return resolve_model(value) if isinstance(value, (str, Mapping)) else value
+
+    @field_validator("format")
+    @classmethod
+    def _canonical_format(cls, value: str) -> str:
+        """Cell ids hash the canonical spelling, so it is enforced here, where every cell is
+        built (spec expansion, cell files, the store), not left to each caller."""
+        from compscale.formats import parse
+
+        return str(parse(value))
+
     @property
     def params(self) -> int:
+        """N: non-embedding parameters."""
         return self.model.non_embedding_params
+
+    @property
+    def flops(self) -> float:
+        """Training compute estimate 6ND in FLOPs (N non-embedding parameters, D tokens)."""
+        return 6.0 * self.params * self.tokens
 
     @property
     def model_label(self) -> str:

@@ -21,6 +21,7 @@ import pyarrow.fs as pafs
 
 from workers import storage
 from workers.config import DataConfig
+from workers.layout import resolve
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 BUNDLED_NAME = "cpython311-stdlib"
@@ -70,7 +71,8 @@ def load_shards(uri: str) -> TokenSource:
 
     Local files are memory-mapped; remote ones are read into memory once.
     """
-    filesystem, root = storage.resolve(uri)
+    location = resolve(uri, what="data.source")
+    filesystem, root = location.filesystem, location.root
     meta_path = f"{root}/{SHARD_META}"
     if not storage.is_file(filesystem, meta_path):
         raise FileNotFoundError(

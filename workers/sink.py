@@ -1,9 +1,10 @@
 """Rank 0's Parquet writer: per-step loss rows, flushed every few seconds, and the result row last.
 
-Each flush writes one file `losses/attempt-<k>/part-<seq:06d>.parquet` atomically, so a crash loses
-at most the rows since the last flush and never leaves a torn file. Loss and gradient norm may be
-handed in as 0-d tensors: they are converted only at flush time, so logging costs no device sync
-per step.
+Each flush writes one loss part (`workers.layout.CellPaths.loss_part`) atomically, so a crash loses
+at most the rows since the last flush and never leaves a torn file. The attempt number is given by
+whoever started the attempt (`workers.storage.next_attempt`); the sink never chooses one. Loss and
+gradient norm may be handed in as 0-d tensors: they are converted only at flush time, so logging
+costs no device sync per step.
 The schemas are the ones in docs/contracts.md.
 """
 
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from workers import storage
+from workers.layout import Layout, resolve
 from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 
@@ -28,21 +30,13 @@ def table_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     return buffer.getvalue()
 
 
-def next_attempt(store_uri: str, cell_id: str) -> int:
-    """1 + the highest existing `attempt-<k>` folder of the cell's losses."""
-    filesystem, root = storage.resolve(store_uri)
-    names = storage.list_names(filesystem, f"{root}/cells/{cell_id}/losses")
-    return storage.highest_number(names, r"attempt-(\d+)") + 1
-
-
 class LossSink:
     """Buffers loss rows of one attempt and writes them as numbered Parquet parts."""
 
     def __init__(self, store_uri: str, cell_id: str, attempt: int, flush_seconds: float = 5.0):
-        self.filesystem, root = storage.resolve(store_uri)
-        self.cell_dir = f"{root}/cells/{cell_id}"
-        self.directory = f"{self.cell_dir}/losses/attempt-{attempt}"
-        self.filesystem.create_dir(self.directory, recursive=True)
+        location = resolve(store_uri)
+        self.filesystem, self.paths = location.filesystem, Layout(location.root).cell(cell_id)
+        self.filesystem.create_dir(self.paths.attempt(attempt), recursive=True)
         self.cell_id, self.attempt = cell_id, attempt
         self.flush_seconds = flush_seconds
         self.rows: list[dict[str, Any]] = []
@@ -69,7 +63,7 @@ class LossSink:
             | {name: values[i] for name, values in columns.items()}
             for i in range(count)
         ]
-        path = f"{self.directory}/part-{self.parts_written:06d}.parquet"
+        path = self.paths.loss_part(self.attempt, self.parts_written)
         storage.write_atomic(self.filesystem, path, table_bytes(rows, LOSS_SCHEMA))
         self.parts_written += 1
         self.rows = []
@@ -80,7 +74,7 @@ class LossSink:
         row = row | {"cell_id": self.cell_id, "attempt": self.attempt}
         row.setdefault("finished_at", datetime.now(timezone.utc))
         data = table_bytes([row], RESULT_SCHEMA)
-        storage.write_atomic(self.filesystem, f"{self.cell_dir}/result.parquet", data)
+        storage.write_atomic(self.filesystem, self.paths.result, data)
 
 
 def _floats(values: list[Any]) -> list[float | None]:
@@ -92,13 +86,12 @@ def _floats(values: list[Any]) -> list[float | None]:
 
 def read_losses(store_uri: str, cell_id: str) -> pa.Table:
     """All loss rows of a cell, one per step: the row from the highest attempt wins."""
-    filesystem, root = storage.resolve(store_uri)
-    losses = f"{root}/cells/{cell_id}/losses"
+    location = resolve(store_uri)
+    filesystem, losses = location.filesystem, Layout(location.root).cell(cell_id).losses
     tables = []
-    for attempt in storage.list_names(filesystem, losses):
-        for part in storage.list_names(filesystem, f"{losses}/{attempt}"):
-            data = storage.read_bytes(filesystem, f"{losses}/{attempt}/{part}")
-            tables.append(pq.read_table(io.BytesIO(data)))
+    for attempt in storage.list_paths(filesystem, losses):
+        for part in storage.list_paths(filesystem, attempt):
+            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(filesystem, part))))
     if not tables:
         return LOSS_SCHEMA.empty_table()
     table = pa.concat_tables(tables).sort_by([("step", "ascending"), ("attempt", "descending")])
@@ -108,6 +101,6 @@ def read_losses(store_uri: str, cell_id: str) -> pa.Table:
 
 
 def read_result(store_uri: str, cell_id: str) -> dict[str, Any]:
-    filesystem, root = storage.resolve(store_uri)
-    data = storage.read_bytes(filesystem, f"{root}/cells/{cell_id}/result.parquet")
+    location = resolve(store_uri)
+    data = storage.read_bytes(location.filesystem, Layout(location.root).cell(cell_id).result)
     return pq.read_table(io.BytesIO(data)).to_pylist()[0]

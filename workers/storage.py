@@ -7,21 +7,14 @@ are invisible to `list_names`.
 
 from __future__ import annotations
 
-import re
 import uuid
-from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from workers.config import CellConfig
+from workers.layout import CellPaths, Layout, attempt_number, event_attempt
+
 TEMP_PREFIX = ".tmp-"
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and a root path for a URI (`s3://...`, `file:///...`) or a local path."""
-    if "://" in uri:
-        filesystem, root = pafs.FileSystem.from_uri(uri)
-        return filesystem, root.rstrip("/")
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
 def is_file(filesystem: pafs.FileSystem, path: str) -> bool:
@@ -50,7 +43,28 @@ def list_names(filesystem: pafs.FileSystem, directory: str) -> list[str]:
     return sorted(name for name in names if not name.startswith(TEMP_PREFIX))
 
 
-def highest_number(names: list[str], pattern: str) -> int:
-    """The largest integer captured by `pattern` (one group) among `names`; 0 when none matches."""
-    numbers = [int(match.group(1)) for name in names if (match := re.fullmatch(pattern, name))]
-    return max(numbers, default=0)
+def list_paths(filesystem: pafs.FileSystem, directory: str) -> list[str]:
+    """Full paths of the finished entries directly under `directory`, sorted by name."""
+    return [f"{directory}/{name}" for name in list_names(filesystem, directory)]
+
+
+def next_attempt(filesystem: pafs.FileSystem, cell: CellPaths) -> int:
+    """The number of the cell's next attempt: 1 + the highest one it started anywhere.
+
+    The one who starts an attempt decides its number with this (the driver's task wrapper, or
+    `train-cell` outside the orchestrator) and hands it to the worker, so status events, loss rows
+    and the result row all carry the same k. An attempt shows as a `running` event (the wrapper
+    records it first, before anything can fail) or as a `losses/attempt-<k>` folder (a run outside
+    the orchestrator), so a new attempt never writes into an old attempt's folder.
+    """
+    events = [event_attempt(name) for name in list_names(filesystem, cell.status)]
+    folders = [attempt_number(name) for name in list_names(filesystem, cell.losses)]
+    return 1 + max((k for k in events + folders if k is not None), default=0)
+
+
+def write_cell_config(filesystem: pafs.FileSystem, layout: Layout, cell: CellConfig) -> None:
+    """The one writer of `cell.json` (the canonical config): written once, an existing one kept,
+    whether the orchestrator registers the cell or a worker trains it outside the orchestrator."""
+    path = layout.cell(cell.cell_id).config
+    if not is_file(filesystem, path):
+        write_atomic(filesystem, path, cell.model_dump_json(indent=1).encode())

@@ -26,16 +26,20 @@ from workers import checkpoint, data, storage
 from workers.compressed_linear import linear_factory, mask_update, update_masks
 from workers.config import CellConfig, TrainConfig
 from workers.distributed import Runtime, close_runtime, init_runtime
+from workers.layout import Layout, resolve
 from workers.model import Transformer
-from workers.sink import LossSink, next_attempt
+from workers.sink import LossSink
 
 
-def run_cell(cell: CellConfig | dict, store_uri: str) -> dict[str, Any]:
-    """Train `cell` (resuming from its latest checkpoint in the store) and return its result row."""
+def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict[str, Any]:
+    """Train `cell` as attempt `attempt` (resuming from its latest checkpoint in the store) and
+    return its result row. The caller that starts the attempt numbers it (the driver's task
+    wrapper); None means "the cell's next attempt" (`storage.next_attempt`), for runs outside the
+    orchestrator."""
     cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
     runtime = init_runtime(cell.world_size)
     try:
-        return train(cell, store_uri, runtime)
+        return train(cell, store_uri, runtime, attempt)
     finally:
         close_runtime(runtime)
 
@@ -136,7 +140,9 @@ def evaluate(
     return (totals[0] / totals[1]).item()
 
 
-def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
+def train(
+    cell: CellConfig, store_uri: str, runtime: Runtime, attempt: int | None = None
+) -> dict[str, Any]:
     """The training loop of one cell on one rank; returns the result row (on every rank)."""
     started = time.perf_counter()
     config, seq_len = cell.train, cell.model.seq_len
@@ -168,8 +174,12 @@ def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
 
     sink = None
     if runtime.is_main:
-        _write_cell_json(store_uri, cell)
-        sink = LossSink(store_uri, cell.cell_id, next_attempt(store_uri, cell.cell_id))
+        location = resolve(store_uri)
+        layout = Layout(location.root)
+        storage.write_cell_config(location.filesystem, layout, cell)
+        if attempt is None:
+            attempt = storage.next_attempt(location.filesystem, layout.cell(cell.cell_id))
+        sink = LossSink(store_uri, cell.cell_id, attempt)
 
     loop_started = previous = time.perf_counter()
     val_loss = None
@@ -260,11 +270,3 @@ def train(cell: CellConfig, store_uri: str, runtime: Runtime) -> dict[str, Any]:
         result["attempt"] = sink.attempt
         checkpoint.clear(store_uri, cell.cell_id)
     return result
-
-
-def _write_cell_json(store_uri: str, cell: CellConfig) -> None:
-    """Write `cell.json` (the canonical config) when the orchestrator has not already."""
-    filesystem, root = storage.resolve(store_uri)
-    path = f"{root}/cells/{cell.cell_id}/cell.json"
-    if not storage.is_file(filesystem, path):
-        storage.write_atomic(filesystem, path, cell.model_dump_json(indent=1).encode())
