@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from dataclasses import asdict
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from compscale.formats import STANDARD_FORMATS, parse
-    from compscale.gmse import DEFAULT_COLS, DEFAULT_ROWS, estimate
+    from compscale.gmse import DEFAULT_COLS, DEFAULT_ROWS, components, estimate
 
     names = list(args.formats) + (list(STANDARD_FORMATS) if args.standard else [])
     if not names:
@@ -44,25 +46,35 @@ def run(args: argparse.Namespace) -> int:
     cols = DEFAULT_COLS if args.cols is None else args.cols
     method = "monte-carlo" if args.monte_carlo else "auto"
     estimates = [estimate(fmt, rows, cols, args.seed, method) for fmt in formats]
+    parts = [
+        components(fmt, rows, cols, args.seed, method) if len(fmt.components()) > 1 else ()
+        for fmt in formats
+    ]
     if args.json:
-        print(json.dumps([e.as_json() for e in estimates], indent=2))
+        rows_json = [
+            e.as_json() | {"components": [asdict(part) for part in p]}
+            for e, p in zip(estimates, parts, strict=True)
+        ]
+        print(json.dumps(rows_json, indent=2))
     else:
-        _print_table(estimates, rows, cols, args.seed)
+        _print_table(estimates, parts, rows, cols, args.seed)
     return 0
 
 
-def _print_table(estimates: list, rows: int, cols: int, seed: int) -> None:
+def _print_table(estimates: list, parts: list, rows: int, cols: int, seed: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
         title="Gaussian MSE of representations",
         caption=f"effective bits = log_1/4(GMSE); stderr of Monte Carlo over a {rows} x {cols} "
-        f"N(0, 1) matrix (seed {seed}); 'exact': closed-form integral, long-row limit",
+        f"N(0, 1) matrix (seed {seed}); 'exact': closed-form integral, long-row limit. A format "
+        "of several parts (sparsity + quantization, weights + activations) lists each part's "
+        "own GMSE below it: capacities multiply over parts. The format's GMSE is its weights'.",
     )
     for header in ("format", "bits/param", "GMSE", "stderr", "effective bits"):
         table.add_column(header, justify="left" if header == "format" else "right", no_wrap=True)
-    for e in estimates:
+    for e, components in zip(estimates, parts, strict=True):
         table.add_row(
             e.format,
             f"{e.bits_per_param:.3f}",
@@ -70,4 +82,14 @@ def _print_table(estimates: list, rows: int, cols: int, seed: int) -> None:
             "exact" if e.method == "exact" else f"{e.stderr:.2g}",
             f"{e.effective_bits:.3f}" if e.gmse > 0 else "lossless",
         )
-    Console().print(table)
+        for part in components:
+            table.add_row(
+                f"  {part.tensor} {part.family}: {part.format}",
+                "",
+                f"{part.gmse:.4g}",
+                "exact" if part.stderr == 0 else f"{part.stderr:.2g}",
+                f"{math.log(part.gmse, 0.25):.3f}" if part.gmse > 0 else "lossless",
+            )
+    import sys
+
+    Console(width=None if sys.stdout.isatty() else 120).print(table)

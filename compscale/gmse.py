@@ -9,7 +9,10 @@ grouping, scales, clipping and rotation are the training ones. Two ways to compu
   `dense` is 0 and `noise{g}` is g by construction;
 - Monte Carlo otherwise, with a seeded matrix; the standard error treats rows as independent samples
   of the ratio (delta method).
-For `w:...,a:...` formats the GMSE is the weight format's.
+For `w:...,a:...` formats the GMSE is the weight format's; a format's capacity, though, is per
+tensor and per method (`Format.components`), so `components` gives each part's own GMSE: the
+weights' sparsity and quantization, and the activations' quantizer (applied per token, the same
+per-row op as for weights, so its GMSE on N(0, 1) data is that format's GMSE).
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ from compscale.formats.sparse import Dense
 DEFAULT_ROWS = 128
 DEFAULT_COLS = 4096
 Method = Literal["auto", "exact", "monte-carlo"]
+
+
+@dataclass(frozen=True)
+class ComponentGMSE:
+    """One part of a format (`Format.components`) with its own GMSE: what the capacity law sees."""
+
+    tensor: str  # "weights" or "activations"
+    family: str  # "quantization" or "sparsity"
+    format: str
+    gmse: float
+    stderr: float
 
 
 @dataclass(frozen=True)
@@ -112,3 +126,21 @@ def gmse(
 ) -> float:
     """E||x - R(x)||^2 / E||x||^2 (see `estimate`)."""
     return estimate(fmt, rows, cols, seed, method).gmse
+
+
+def components(
+    fmt: Format | str,
+    rows: int = DEFAULT_ROWS,
+    cols: int = DEFAULT_COLS,
+    seed: int = 0,
+    method: Method = "auto",
+) -> tuple[ComponentGMSE, ...]:
+    """Each compressed part of `fmt` with its GMSE (dense has none)."""
+    fmt = parse(fmt) if isinstance(fmt, str) else fmt
+    parts = []
+    for part in fmt.components():
+        value = estimate(part.format, rows, cols, seed, method)
+        parts.append(
+            ComponentGMSE(part.tensor, part.family, str(part.format), value.gmse, value.stderr)
+        )
+    return tuple(parts)

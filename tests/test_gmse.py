@@ -9,10 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from scipy import integrate, optimize, stats
 
 from compscale.formats import STANDARD_FORMATS, parse
-from compscale.gmse import estimate, exact_gmse, gmse, monte_carlo_gmse
+from compscale.gmse import components, estimate, exact_gmse, gmse, monte_carlo_gmse
 from orchestrator.cli import main
 
 
@@ -152,6 +153,39 @@ def test_estimate_reports_effective_bits():
     assert estimate("dense").effective_bits == math.inf
 
 
+# --- components: what the capacity law multiplies ------------------------------------------
+
+
+def test_weights_and_activations_report_a_gmse_for_each_tensor():
+    parts = components("w:int4-had,a:int3")
+    assert [(p.tensor, p.family, p.format) for p in parts] == [
+        ("weights", "quantization", "int4-had"),
+        ("activations", "quantization", "int3"),
+    ]
+    assert parts[0].gmse == pytest.approx(gmse("int4-had"))
+    assert parts[1].gmse == pytest.approx(gmse("int3"))
+    # activations are quantized per token by the same per-row op: measured, not assumed
+    x = torch.randn(256, 1024)
+    measured = (x - parse("int3").quantize_activation(x)).square().sum() / x.square().sum()
+    assert float(measured) == pytest.approx(gmse("int3"), rel=0.03)
+
+
+def test_sparse_plus_quantized_splits_into_its_sparsity_and_quantization_parts():
+    parts = components("sp50+int4")
+    assert [(p.family, p.format) for p in parts] == [("sparsity", "sp50"), ("quantization", "int4")]
+    assert parts[0].gmse == pytest.approx(gmse("sp50")) and parts[1].gmse == gmse("int4")
+    assert components("dense") == ()
+    single = components("int4")
+    assert len(single) == 1 and single[0].gmse == gmse("int4")
+
+
+def test_cli_table_lists_the_parts_of_a_composite_format(capsys):
+    assert main(["gmse", "w:int4-had,a:int4-had"]) == 0
+    table = capsys.readouterr().out
+    assert "weights quantization: int4-had" in table
+    assert "activations quantization: int4-had" in table
+
+
 # --- CLI -------------------------------------------------------------------------------------
 
 
@@ -159,10 +193,10 @@ def test_cli_json_lists_every_requested_format(capsys):
     assert main(["gmse", "int4", "sp50+int4", "dense", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["format"] for row in rows] == ["int4", "sp50+int4", "dense"]
-    assert all(
-        set(row) == {"format", "bits_per_param", "gmse", "stderr", "effective_bits"} for row in rows
-    )
+    keys = {"format", "bits_per_param", "gmse", "stderr", "effective_bits", "components"}
+    assert all(set(row) == keys for row in rows)
     assert rows[0]["gmse"] == pytest.approx(gmse("int4"))
+    assert rows[0]["components"] == [] and len(rows[1]["components"]) == 2
     assert rows[2]["effective_bits"] is None  # lossless: log_{1/4}(0) is infinite
 
 

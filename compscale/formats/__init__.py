@@ -5,7 +5,7 @@
 See docs/contracts.md ("Representations") for the interface and `grammar.GRAMMAR` for the strings.
 """
 
-from compscale.formats.base import Format, FormatError
+from compscale.formats.base import Component, Format, FormatError
 from compscale.formats.grammar import GRAMMAR, STANDARD_FORMATS, parse
 
-__all__ = ["GRAMMAR", "STANDARD_FORMATS", "Format", "FormatError", "parse"]
+__all__ = ["GRAMMAR", "STANDARD_FORMATS", "Component", "Format", "FormatError", "parse"]

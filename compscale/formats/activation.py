@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from compscale.formats.base import Format
+from compscale.formats.base import Component, Format
 from compscale.formats.scalar import ScalarFormat
 
 
@@ -39,3 +39,11 @@ class WeightsAndActivations(Format):
 
     def apply_activation(self, x: Tensor) -> Tensor:
         return self.activations.quantize_activation(x)
+
+    def components(self) -> tuple[Component, ...]:
+        """The weight format's parts, then the activation quantizer: rho(w:X,a:Y) multiplies
+        rho(X) by the capacity of Y applied to activations."""
+        return (
+            *self.weights.components(),
+            Component("activations", "quantization", self.activations),
+        )

@@ -8,6 +8,8 @@ in the original basis, same shape and dtype, with a straight-through (or exact) 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -22,6 +24,20 @@ NOMINAL_ROW_LENGTH = 4096
 
 class FormatError(ValueError):
     """A format string that does not parse, or a weight a format cannot handle."""
+
+
+Family = Literal["quantization", "sparsity"]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One compressed part of a format: the tensor it compresses (`weights` or `activations`),
+    its compression family, and the single-part format that does it. Capacities compose
+    multiplicatively over a format's components (the paper's rho(q_w, s_w, q_a))."""
+
+    tensor: Literal["weights", "activations"]
+    family: Family
+    format: Format
 
 
 class Format:
@@ -65,6 +81,11 @@ class Format:
     def apply_activation(self, x: Tensor) -> Tensor:
         """Identity unless the format quantizes activations."""
         return x
+
+    def components(self) -> tuple[Component, ...]:
+        """The parts whose capacities multiply; a plain weight quantizer (scalar, vector, float
+        grid, Gaussian noise standing in for one) is one quantization part of the weights."""
+        return (Component("weights", "quantization", self),)
 
 
 Compressor = Callable[[Tensor], tuple[Tensor, "Tensor | None"]]

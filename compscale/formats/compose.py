@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from compscale.formats.base import NOMINAL_ROW_LENGTH, SCALE_BITS, Format, FormatError
+from compscale.formats.base import NOMINAL_ROW_LENGTH, SCALE_BITS, Component, Format, FormatError
 from compscale.formats.scalar import ScalarFormat
 from compscale.formats.sparse import SparseFormat
 
@@ -40,6 +40,9 @@ class Composed(Format):
 
     def compute_mask(self, weight: Tensor, sparsity: float | None = None) -> Tensor | None:
         return self.pruning.compute_mask(weight, sparsity)
+
+    def components(self) -> tuple[Component, ...]:
+        return (*self.pruning.components(), *self.quantizer.components())
 
     def apply(self, weight: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None:

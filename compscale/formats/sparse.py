@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from compscale.formats.base import DENSE_BITS, Format, FormatError, check_matrix
+from compscale.formats.base import DENSE_BITS, Component, Format, FormatError, check_matrix
 
 MASK_CRITERIA = ("magnitude",)
 
@@ -47,9 +47,15 @@ class Dense(Format):
     def apply(self, weight: Tensor, mask: Tensor | None = None) -> Tensor:
         return weight if mask is None else weight * mask
 
+    def components(self) -> tuple[Component, ...]:
+        return ()
+
 
 class SparseFormat(Format):
     """Common behaviour of pruning formats: apply = weight * keep-mask."""
+
+    def components(self) -> tuple[Component, ...]:
+        return (Component("weights", "sparsity", self),)
 
     def mask_bits(self) -> float:
         raise NotImplementedError
