@@ -13,9 +13,10 @@ crawls along the kinks: from the 24 best grid starts of a 7-format synthetic gri
 stopped at its 2000-iteration cap from 19, ending 0.002% to 160% above the minimum that the
 trust-region method reached from all 24 (benchmarks/fit_speed.py times both).
 
-Capacities stay in (0, 1]: rho = exp(-softplus(u)). Confidence intervals come from a bootstrap over
-cells (resampled within each format, so every format keeps its cells), each resample warm-started
-from the best fit and from the runner-up local minimum, percentile 2.5-97.5.
+Capacities stay in (0, 1] through the parametrisation `compscale.capacity` owns (rho =
+exp(-softplus(u)), the tanh law in (u, log F, log C)). Confidence intervals come from a bootstrap
+over cells (resampled within each format, so every format keeps its cells), each resample
+warm-started from the best fit and from the runner-up local minimum, percentile 2.5-97.5.
 
 Fit error, as reported here: `rmse_log_loss`, the root mean square of log(predicted / observed)
 over cells, and `mean_abs_rel_error`, the mean over cells of |predicted / observed - 1|.
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares, minimize
 
-from compscale.capacity import MAX_BITS, capacity, effective_bits
+from compscale import capacity
 
 BASE_NAMES = ("A", "alpha", "B", "beta", "E")
 DENSE = "dense"
@@ -43,20 +44,6 @@ GRID_EXPONENT = (0.05, 0.2, 0.5, 1.0, 1.5, 2.0)
 GRID_E = (-3.0, -1.0, -0.5, 0.0, 0.5, 1.0)
 BASE_BOUNDS = ((-20.0, 60.0), (0.0, 10.0), (-20.0, 60.0), (0.0, 10.0), (-20.0, 10.0))
 U_BOUNDS = (-25.0, 25.0)
-
-
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _u_of_rho(rho: float) -> float:
-    """Inverse of rho = exp(-softplus(u)) for rho in (0, 1)."""
-    rho = min(max(rho, 1e-9), 1.0 - 1e-9)
-    return float(np.log(np.expm1(-np.log(rho))))
 
 
 @dataclass(frozen=True)
@@ -186,16 +173,16 @@ class UnifiedLaw(Law):
 
     def extra_starts(self) -> list[np.ndarray]:
         k = len(self.formats) - 1
-        return [np.full(k, _u_of_rho(0.7)), np.full(k, _u_of_rho(0.3))]
+        return [np.full(k, capacity.u_of_rho(0.7)), np.full(k, capacity.u_of_rho(0.3))]
 
     def extra_bounds(self) -> list[tuple[float, float]]:
         return [U_BOUNDS] * (len(self.formats) - 1)
 
     def log_rho(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        return np.concatenate([[0.0], -_softplus(extra)])
+        return np.concatenate([[0.0], capacity.log_rho_of_u(extra)])
 
     def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        return np.vstack([np.zeros(len(extra)), np.diag(-_sigmoid(extra))])
+        return np.vstack([np.zeros(len(extra)), np.diag(capacity.log_rho_of_u_grad(extra))])
 
 
 @dataclass
@@ -227,42 +214,29 @@ class UnifiedGmseLaw(Law):
 
     def bits(self, obs: Observations) -> np.ndarray:
         gmse = np.array([0.0] + [self.gmse[name] for name in obs.formats[1:]])
-        return np.minimum(effective_bits(gmse), MAX_BITS)
+        return capacity.capped_bits(gmse)
 
     def extra_starts(self) -> list[np.ndarray]:
         starts = []
         for cap, slope, power in itertools.product((0.9,), (0.3, 1.0), (0.5, 2.0)):
-            starts.append(np.array([_u_of_rho(cap), math.log(slope), math.log(power)]))
+            starts.append(np.array([capacity.u_of_rho(cap), math.log(slope), math.log(power)]))
         return starts
 
     def extra_bounds(self) -> list[tuple[float, float]]:
         return [U_BOUNDS, (-10.0, 5.0), (-10.0, 5.0)]
 
     def log_rho(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        u, log_slope, log_power = extra
-        t = np.tanh(np.exp(log_slope) * self.bits(obs))
-        values = -_softplus(u) + np.exp(log_power) * np.log(t)
+        values = capacity.log_tanh_law(extra, self.bits(obs))
         values[0] = 0.0
         return values
 
     def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        u, log_slope, log_power = extra
-        power = np.exp(log_power)
-        x = np.exp(log_slope) * self.bits(obs)
-        t = np.tanh(x)
-        jac = np.stack(
-            [np.full(len(x), -_sigmoid(u)), power * x * (1.0 / t - t), power * np.log(t)], 1
-        )
+        jac = capacity.log_tanh_law_jac(extra, self.bits(obs))
         jac[0] = 0.0
         return jac
 
     def extra_values(self, extra: np.ndarray) -> np.ndarray:
-        u, log_slope, log_power = extra
-        return np.array([math.exp(-float(_softplus(u))), math.exp(log_slope), math.exp(log_power)])
-
-    def rho_of_gmse(self, extra: np.ndarray, gmse: float) -> float:
-        """Capacity the fitted law gives a format of this GMSE (GMSE 0 gives L)."""
-        return float(capacity(gmse, *self.extra_values(extra)))
+        return np.array(capacity.tanh_law_params(extra))
 
 
 def _check_formats(obs: Observations, dense: str, law: str) -> None:
@@ -414,7 +388,8 @@ class FitResult:
         if name in self.rho:
             return self.rho[name]
         if isinstance(self.law_object, UnifiedGmseLaw) and name in self.law_object.gmse:
-            return self.law_object.rho_of_gmse(self.theta[5:], self.law_object.gmse[name])
+            extra = self.law_object.extra_values(self.theta[5:])
+            return float(capacity.capacity(self.law_object.gmse[name], *extra))
         raise ValueError(f"format: {name!r} was not fitted and has no GMSE to predict its rho")
 
     def summary(self) -> str:
