@@ -18,6 +18,8 @@ exp(-softplus(u)), the tanh law in (u, log F, log C)). Confidence intervals come
 over cells (resampled within each format, so every format keeps its cells), each resample
 warm-started from the best fit and from the runner-up local minimum, percentile 2.5-97.5.
 
+`fit` returns a `FitResult` whose `fitted` (`FittedLaw`) is the only predictor of losses.
+
 Fit error, as reported here: `rmse_log_loss`, the root mean square of log(predicted / observed)
 over cells, and `mean_abs_rel_error`, the mean over cells of |predicted / observed - 1|.
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares, minimize
@@ -251,6 +253,23 @@ def _check_formats(obs: Observations, dense: str, law: str) -> None:
         )
 
 
+def log_loss(
+    base: Sequence[float], log_n_rho: np.ndarray, log_tokens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """log(A (N rho)**-alpha + B D**-beta + E) and the softmax weights of its three terms.
+
+    The law's one formula: fits, their start grid and every prediction go through it. `base` is
+    (a, alpha, b, beta, e) with A = e^a, B = e^b, E = e^e; computed as the stable log-sum-exp
+    LSE(a - alpha log(N rho), b - beta log D, e), broadcasting (a grid of starts against cells).
+    """
+    a, alpha, b, beta, e = base
+    terms = np.stack(np.broadcast_arrays(a - alpha * log_n_rho, b - beta * log_tokens, e))
+    top = terms.max(axis=0)
+    exp_terms = np.exp(terms - top)
+    total = exp_terms.sum(axis=0)
+    return top + np.log(total), exp_terms / total
+
+
 class Problem:
     """One law on one set of cells: log residuals, their Jacobian, and the Huber objective."""
 
@@ -259,20 +278,9 @@ class Problem:
 
     def log_prediction(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log predicted loss per cell and the softmax weights of the three LSE terms."""
-        a, alpha, b, beta, e = theta[:5]
         obs = self.obs
         log_rho = self.law.log_rho(theta[5:], obs)[obs.format_index]
-        terms = np.stack(
-            [
-                a - alpha * (obs.log_params + log_rho),
-                b - beta * obs.log_tokens,
-                np.full(len(obs), e),
-            ]
-        )
-        top = terms.max(axis=0)
-        exp_terms = np.exp(terms - top)
-        total = exp_terms.sum(axis=0)
-        return top + np.log(total), exp_terms / total
+        return log_loss(theta[:5], obs.log_params + log_rho, obs.log_tokens)
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
         return self.log_prediction(theta)[0] - self.obs.log_loss
@@ -304,8 +312,7 @@ class Problem:
         """Objective at many base starts (rows of a, alpha, b, beta, e) with `extra` fixed."""
         obs = self.obs
         log_n_rho = obs.log_params + self.law.log_rho(extra, obs)[obs.format_index]
-        a, alpha, b, beta, e = (starts[:, i : i + 1] for i in range(5))
-        log_pred = np.logaddexp(np.logaddexp(a - alpha * log_n_rho, b - beta * obs.log_tokens), e)
+        log_pred, _ = log_loss(starts.T[:, :, None], log_n_rho, obs.log_tokens)
         return huber(log_pred - obs.log_loss, self.delta).sum(axis=1)
 
     def polish(self, theta: np.ndarray, method: str = "trf") -> tuple[np.ndarray, float]:
@@ -351,12 +358,69 @@ def start_grid() -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class FitResult:
-    """A fitted law: natural parameters, bootstrap CIs and diagnostics (never prints)."""
+class FittedLaw:
+    """A fitted law as a value: enough to predict any cell's loss, serialisable to JSON.
+
+    `rho` holds the fitted capacity of every fitted format (empty for chinchilla, whose cells are
+    all one representation); `L`, `F`, `C` are the capacity law's, when known, and predict the rho
+    of a format that was not fitted from its entry in `gmse`.
+    """
 
     law: str
-    params: dict[str, float]
-    rho: dict[str, float]
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    E: float
+    rho: dict[str, float] = field(default_factory=dict)
+    L: float | None = None
+    F: float | None = None
+    C: float | None = None
+    gmse: dict[str, float] = field(default_factory=dict)
+    dense: str = DENSE
+
+    @property
+    def params(self) -> dict[str, float]:
+        """A, alpha, B, beta, E, then L, F, C when known."""
+        names = BASE_NAMES + (("L", "F", "C") if self.L is not None else ())
+        return {name: getattr(self, name) for name in names}
+
+    def rho_of(self, name: str) -> float:
+        """Capacity of a format: fitted, else predicted from its GMSE by the capacity law."""
+        if name in self.rho:
+            return self.rho[name]
+        if name == self.dense or not self.rho:
+            return 1.0
+        if name in self.gmse and self.L is not None:
+            return float(capacity.capacity(self.gmse[name], self.L, self.F, self.C))
+        raise ValueError(f"format: {name!r} was not fitted and has no GMSE to predict its rho")
+
+    def predict(
+        self, params: Sequence[float], tokens: Sequence[float], formats: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Predicted loss (nats) of cells of N parameters and D tokens; formats default to dense."""
+        log_params = np.log(np.asarray(params, dtype=float))
+        names = [self.dense] * len(log_params) if formats is None else list(formats)
+        rho = {name: self.rho_of(name) for name in set(names)}
+        log_rho = np.log([rho[name] for name in names])
+        base = (math.log(self.A), self.alpha, math.log(self.B), self.beta, math.log(self.E))
+        log_pred, _ = log_loss(base, log_params + log_rho, np.log(np.asarray(tokens, dtype=float)))
+        return np.exp(log_pred)
+
+    def to_dict(self) -> dict:
+        """Plain JSON types only; `from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, document: Mapping) -> FittedLaw:
+        return cls(**document)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fit: the fitted law, bootstrap CIs and diagnostics (never prints)."""
+
+    fitted: FittedLaw
     ci: dict[str, tuple[float, float]]
     objective: float
     residuals: np.ndarray
@@ -365,8 +429,18 @@ class FitResult:
     bootstrap: int
     bootstrap_samples: np.ndarray
     delta: float
-    theta: np.ndarray = field(repr=False)
-    law_object: Law = field(repr=False)
+
+    @property
+    def law(self) -> str:
+        return self.fitted.law
+
+    @property
+    def params(self) -> dict[str, float]:
+        return self.fitted.params
+
+    @property
+    def rho(self) -> dict[str, float]:
+        return self.fitted.rho
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -376,21 +450,10 @@ class FitResult:
     def predict(
         self, params: Sequence[float], tokens: Sequence[float], formats: Sequence[str] | None = None
     ) -> np.ndarray:
-        """Predicted loss of cells; formats must be fitted or (unified-gmse) have a GMSE."""
-        n = np.asarray(params, dtype=float)
-        d = np.asarray(tokens, dtype=float)
-        names = [DENSE] * len(n) if formats is None else list(formats)
-        rho = np.array([self.rho_of(name) for name in names])
-        p = self.params
-        return p["A"] * (n * rho) ** -p["alpha"] + p["B"] * d ** -p["beta"] + p["E"]
+        return self.fitted.predict(params, tokens, formats)
 
     def rho_of(self, name: str) -> float:
-        if name in self.rho:
-            return self.rho[name]
-        if isinstance(self.law_object, UnifiedGmseLaw) and name in self.law_object.gmse:
-            extra = self.law_object.extra_values(self.theta[5:])
-            return float(capacity.capacity(self.law_object.gmse[name], *extra))
-        raise ValueError(f"format: {name!r} was not fitted and has no GMSE to predict its rho")
+        return self.fitted.rho_of(name)
 
     def summary(self) -> str:
         lines = [
@@ -552,10 +615,10 @@ def fit(
         if with_rho
         else {}
     )
+    known_gmse = {name: float(value) for name, value in (gmse or {}).items()}
+    fitted = FittedLaw(law, **params_out, rho=rho_out, gmse=known_gmse, dense=dense)
     return FitResult(
-        law=law,
-        params=params_out,
-        rho=rho_out,
+        fitted=fitted,
         ci=ci,
         objective=objective,
         residuals=residuals,
@@ -568,8 +631,6 @@ def fit(
         bootstrap=bootstrap,
         bootstrap_samples=samples,
         delta=delta,
-        theta=theta,
-        law_object=law_object,
     )
 
 
