@@ -160,7 +160,7 @@ def _sections(sweep, store, results, reduction, figures):
         Section("Cells", run_text, [("per format", overview.reset_index())]),
         Section(
             "Unified law L = A (N rho)^-alpha + B D^-beta + E",
-            "\n".join(metrics.get("warnings", [])) or "no warnings",
+            "\n".join(metrics.warnings) or "no warnings",
             [("parameters, 95% bootstrap CIs", reduction.law), ("rho per format", reduction.rho)],
             pick("loss_vs"),
         ),
@@ -179,8 +179,8 @@ def _sections(sweep, store, results, reduction, figures):
         ),
         Section(
             "Held-out prediction",
-            f"fit on the other cells; RMSE of log loss {metrics.get('heldout_rmse_log_loss')}, "
-            f"mean |pred/obs - 1| {metrics.get('heldout_mean_abs_rel_error')}",
+            f"fit on the other cells; RMSE of log loss {metrics.heldout_rmse_log_loss}, "
+            f"mean |pred/obs - 1| {metrics.heldout_mean_abs_rel_error}",
             [("held-out cells", reduction.heldout)],
             pick("predicted"),
         ),
