@@ -25,8 +25,8 @@ RATIO_CI_WIDTH = 0.5
 
 SMALL_SCALE_CAVEAT = (
     "at this scale the loss gaps between formats are a few hundredths of a nat, close to "
-    "seed-to-seed and learning-rate noise (DESIGN.md §7), and few token ratios leave E and "
-    "alpha weakly identified"
+    "seed-to-seed and learning-rate noise (docs/design.md, 'Small models are noisy'), and few "
+    "token ratios leave E and alpha weakly identified"
 )
 
 
