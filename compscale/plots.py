@@ -90,7 +90,7 @@ def _colours(count: int) -> list:
 def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from compscale.capacity import capacity
+    from compscale.capacity import log_capacity
 
     figure = Figure(figsize=(6, 4.2))
     axis = figure.subplots()
@@ -104,7 +104,7 @@ def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
         bits = np.linspace(0.05, max(table["effective_bits"].max(), 1.0) * 1.1, 200)
         axis.plot(
             bits,
-            capacity(4.0**-bits, law.L, law.F, law.C),
+            np.exp(log_capacity(bits, law.L, law.F, law.C)),
             "k-",
             lw=1,
             label=f"L tanh(F b)^C: L={law.L:.3g}, F={law.F:.3g}, C={law.C:.3g}",
