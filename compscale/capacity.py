@@ -28,10 +28,66 @@ def effective_bits(gmse: float | np.ndarray) -> np.ndarray:
         return -np.log(gmse) / math.log(4.0)
 
 
+def capped_bits(gmse: float | np.ndarray) -> np.ndarray:
+    """Effective bits the capacity law is evaluated at: infinite (dense) becomes MAX_BITS."""
+    return np.minimum(effective_bits(gmse), MAX_BITS)
+
+
+# Fits reach capacities through u on the whole real line: rho = exp(-softplus(u)) stays in (0, 1]
+# without bounds on rho, and the tanh law's F and C through their logs, which keeps them positive.
+
+
+def log_rho_of_u(u: float | np.ndarray) -> np.ndarray:
+    """log rho = -softplus(u)."""
+    return -np.logaddexp(0.0, u)
+
+
+def log_rho_of_u_grad(u: float | np.ndarray) -> np.ndarray:
+    """d log rho / d u = -sigmoid(u)."""
+    return -0.5 * (1.0 + np.tanh(0.5 * np.asarray(u)))
+
+
+def u_of_rho(rho: float) -> float:
+    """Inverse of rho = exp(-softplus(u)), rho clipped into (0, 1)."""
+    rho = min(max(rho, 1e-9), 1.0 - 1e-9)
+    return float(np.log(np.expm1(-np.log(rho))))
+
+
+def _log_tanh_law(log_cap, slope, power, bits: np.ndarray) -> np.ndarray:
+    """log(L tanh(F bits)^C) from log L, F and C: the capacity law's one formula."""
+    return log_cap + power * np.log(np.tanh(slope * bits))
+
+
+def log_tanh_law(z: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """log rho of the capacity law at `bits`, in fit coordinates z = (u, log F, log C)."""
+    u, log_slope, log_power = z
+    return _log_tanh_law(log_rho_of_u(u), np.exp(log_slope), np.exp(log_power), bits)
+
+
+def log_tanh_law_jac(z: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """d log rho / d z of `log_tanh_law`: one row per entry of `bits`, one column per z."""
+    u, log_slope, log_power = z
+    power = np.exp(log_power)
+    x = np.exp(log_slope) * bits
+    t = np.tanh(x)
+    return np.stack(
+        [np.full(len(x), log_rho_of_u_grad(u)), power * x * (1.0 / t - t), power * np.log(t)], 1
+    )
+
+
+def tanh_law_params(z: np.ndarray) -> tuple[float, float, float]:
+    """L, F, C of fit coordinates z = (u, log F, log C)."""
+    return math.exp(float(log_rho_of_u(z[0]))), math.exp(z[1]), math.exp(z[2])
+
+
+def log_capacity(bits: np.ndarray, cap: float, slope: float, power: float) -> np.ndarray:
+    """log rho of the capacity law at `bits`, from L = `cap`, F = `slope`, C = `power`."""
+    return _log_tanh_law(math.log(cap), slope, power, bits)
+
+
 def capacity(gmse: float | np.ndarray, cap: float, slope: float, power: float) -> np.ndarray:
     """rho = L tanh(F bits)^C with L = `cap`, F = `slope`, C = `power`; GMSE 0 gives L."""
-    bits = np.minimum(effective_bits(gmse), MAX_BITS)
-    return cap * np.tanh(slope * bits) ** power
+    return np.exp(log_capacity(capped_bits(gmse), cap, slope, power))
 
 
 @dataclass(frozen=True)
@@ -79,16 +135,11 @@ def _check_pairs(gmse: np.ndarray, rho: np.ndarray, formats: Sequence[str]) -> N
         )
 
 
-def _unpack(z: np.ndarray) -> tuple[float, float, float]:
-    return math.exp(-float(np.logaddexp(0.0, z[0]))), math.exp(z[1]), math.exp(z[2])
-
-
 def _fit_once(bits: np.ndarray, log_rho: np.ndarray, starts: list[np.ndarray]) -> np.ndarray:
-    """Best least-squares fit of log rho over starts in (u, log F, log C); L = exp(-softplus(u))."""
+    """Best least-squares fit of log rho over starts in z = (u, log F, log C)."""
 
     def residuals(z: np.ndarray) -> np.ndarray:
-        cap, slope, power = _unpack(z)
-        return math.log(cap) + power * np.log(np.tanh(slope * bits)) - log_rho
+        return log_capacity(bits, *tanh_law_params(z)) - log_rho
 
     bounds = ([-25.0, -10.0, -10.0], [25.0, 5.0, 5.0])
     results = [least_squares(residuals, z, bounds=bounds, xtol=1e-12, ftol=1e-12) for z in starts]
@@ -119,9 +170,9 @@ def fit_capacity(
     rho_array = np.asarray(rho, dtype=float)
     names = tuple(formats) if formats is not None else tuple(f"#{i}" for i in range(len(rho_array)))
     _check_pairs(gmse_array, rho_array, names)
-    bits = np.minimum(effective_bits(gmse_array), MAX_BITS)
+    bits = capped_bits(gmse_array)
     best = _fit_once(bits, np.log(rho_array), _STARTS)
-    cap, slope, power = _unpack(best)
+    cap, slope, power = tanh_law_params(best)
     rng = np.random.default_rng(seed)
     if rho_samples is not None:
         draws = [(bits, np.log(np.clip(row, 1e-12, 1.0))) for row in np.asarray(rho_samples)]
@@ -130,7 +181,7 @@ def fit_capacity(
         for _ in range(bootstrap):
             rows = rng.choice(len(bits), size=len(bits), replace=True)
             draws.append((bits[rows], np.log(rho_array[rows])))
-    samples = np.array([_unpack(_fit_once(b, r, [best])) for b, r in draws]).reshape(-1, 3)
+    samples = np.array([tanh_law_params(_fit_once(b, r, [best])) for b, r in draws]).reshape(-1, 3)
     ci = {}
     if len(samples):
         low, high = np.percentile(samples, [2.5, 97.5], axis=0)

@@ -25,8 +25,8 @@ RATIO_CI_WIDTH = 0.5
 
 SMALL_SCALE_CAVEAT = (
     "at this scale the loss gaps between formats are a few hundredths of a nat, close to "
-    "seed-to-seed and learning-rate noise (DESIGN.md §7), and few token ratios leave E and "
-    "alpha weakly identified"
+    "seed-to-seed and learning-rate noise (docs/design.md, 'Small models are noisy'), and few "
+    "token ratios leave E and alpha weakly identified"
 )
 
 
@@ -55,15 +55,15 @@ def check(reduction: Reduction) -> list[Finding]:
 
 def _law_predicts(reduction: Reduction) -> Finding:
     metrics = reduction.metrics
-    error = metrics.get("heldout_mean_abs_rel_error", math.nan)
-    known = error is not None and not math.isnan(error)
+    error = metrics.heldout_mean_abs_rel_error
+    known = not math.isnan(error)
     return Finding(
         claim="One law with shared A, alpha, B, beta, E and one rho per format fits every format",
         criterion=f"held-out cells predicted within {HELDOUT_TOLERANCE:.0%} (mean |pred/obs - 1|)",
         observed=(
-            f"held-out mean |pred/obs - 1| = {error:.3%} over {metrics.get('heldout_cells')} "
-            f"cells; in-sample RMSE of log loss {metrics.get('rmse_log_loss', math.nan):.4f}; "
-            f"seed-to-seed std of log loss {metrics.get('seed_noise_log_loss', math.nan):.4f}"
+            f"held-out mean |pred/obs - 1| = {error:.3%} over {metrics.heldout_cells} "
+            f"cells; in-sample RMSE of log loss {metrics.rmse_log_loss:.4f}; "
+            f"seed-to-seed std of log loss {metrics.seed_noise_log_loss:.4f}"
             if known
             else "no held-out cells"
         ),
@@ -116,7 +116,7 @@ def _capacity_law_predicts(reduction: Reduction) -> Finding:
 
 
 def _composition(reduction: Reduction) -> list[Finding]:
-    tolerance = reduction.metrics.get("tolerance", 0.02)
+    tolerance = reduction.metrics.tolerance
     findings = []
     for row in reduction.composition.itertuples():
         too_wide = row.ratio_ci_high - row.ratio_ci_low > RATIO_CI_WIDTH

@@ -13,9 +13,12 @@ crawls along the kinks: from the 24 best grid starts of a 7-format synthetic gri
 stopped at its 2000-iteration cap from 19, ending 0.002% to 160% above the minimum that the
 trust-region method reached from all 24 (benchmarks/fit_speed.py times both).
 
-Capacities stay in (0, 1]: rho = exp(-softplus(u)). Confidence intervals come from a bootstrap over
-cells (resampled within each format, so every format keeps its cells), each resample warm-started
-from the best fit and from the runner-up local minimum, percentile 2.5-97.5.
+Capacities stay in (0, 1] through the parametrisation `compscale.capacity` owns (rho =
+exp(-softplus(u)), the tanh law in (u, log F, log C)). Confidence intervals come from a bootstrap
+over cells (resampled within each format, so every format keeps its cells), each resample
+warm-started from the best fit and from the runner-up local minimum, percentile 2.5-97.5.
+
+`fit` returns a `FitResult` whose `fitted` (`FittedLaw`) is the only predictor of losses.
 
 Fit error, as reported here: `rmse_log_loss`, the root mean square of log(predicted / observed)
 over cells, and `mean_abs_rel_error`, the mean over cells of |predicted / observed - 1|.
@@ -26,12 +29,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares, minimize
 
-from compscale.capacity import MAX_BITS, capacity, effective_bits
+from compscale import capacity
 
 BASE_NAMES = ("A", "alpha", "B", "beta", "E")
 DENSE = "dense"
@@ -43,20 +46,6 @@ GRID_EXPONENT = (0.05, 0.2, 0.5, 1.0, 1.5, 2.0)
 GRID_E = (-3.0, -1.0, -0.5, 0.0, 0.5, 1.0)
 BASE_BOUNDS = ((-20.0, 60.0), (0.0, 10.0), (-20.0, 60.0), (0.0, 10.0), (-20.0, 10.0))
 U_BOUNDS = (-25.0, 25.0)
-
-
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _u_of_rho(rho: float) -> float:
-    """Inverse of rho = exp(-softplus(u)) for rho in (0, 1)."""
-    rho = min(max(rho, 1e-9), 1.0 - 1e-9)
-    return float(np.log(np.expm1(-np.log(rho))))
 
 
 @dataclass(frozen=True)
@@ -186,16 +175,16 @@ class UnifiedLaw(Law):
 
     def extra_starts(self) -> list[np.ndarray]:
         k = len(self.formats) - 1
-        return [np.full(k, _u_of_rho(0.7)), np.full(k, _u_of_rho(0.3))]
+        return [np.full(k, capacity.u_of_rho(0.7)), np.full(k, capacity.u_of_rho(0.3))]
 
     def extra_bounds(self) -> list[tuple[float, float]]:
         return [U_BOUNDS] * (len(self.formats) - 1)
 
     def log_rho(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        return np.concatenate([[0.0], -_softplus(extra)])
+        return np.concatenate([[0.0], capacity.log_rho_of_u(extra)])
 
     def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        return np.vstack([np.zeros(len(extra)), np.diag(-_sigmoid(extra))])
+        return np.vstack([np.zeros(len(extra)), np.diag(capacity.log_rho_of_u_grad(extra))])
 
 
 @dataclass
@@ -227,42 +216,29 @@ class UnifiedGmseLaw(Law):
 
     def bits(self, obs: Observations) -> np.ndarray:
         gmse = np.array([0.0] + [self.gmse[name] for name in obs.formats[1:]])
-        return np.minimum(effective_bits(gmse), MAX_BITS)
+        return capacity.capped_bits(gmse)
 
     def extra_starts(self) -> list[np.ndarray]:
         starts = []
         for cap, slope, power in itertools.product((0.9,), (0.3, 1.0), (0.5, 2.0)):
-            starts.append(np.array([_u_of_rho(cap), math.log(slope), math.log(power)]))
+            starts.append(np.array([capacity.u_of_rho(cap), math.log(slope), math.log(power)]))
         return starts
 
     def extra_bounds(self) -> list[tuple[float, float]]:
         return [U_BOUNDS, (-10.0, 5.0), (-10.0, 5.0)]
 
     def log_rho(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        u, log_slope, log_power = extra
-        t = np.tanh(np.exp(log_slope) * self.bits(obs))
-        values = -_softplus(u) + np.exp(log_power) * np.log(t)
+        values = capacity.log_tanh_law(extra, self.bits(obs))
         values[0] = 0.0
         return values
 
     def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        u, log_slope, log_power = extra
-        power = np.exp(log_power)
-        x = np.exp(log_slope) * self.bits(obs)
-        t = np.tanh(x)
-        jac = np.stack(
-            [np.full(len(x), -_sigmoid(u)), power * x * (1.0 / t - t), power * np.log(t)], 1
-        )
+        jac = capacity.log_tanh_law_jac(extra, self.bits(obs))
         jac[0] = 0.0
         return jac
 
     def extra_values(self, extra: np.ndarray) -> np.ndarray:
-        u, log_slope, log_power = extra
-        return np.array([math.exp(-float(_softplus(u))), math.exp(log_slope), math.exp(log_power)])
-
-    def rho_of_gmse(self, extra: np.ndarray, gmse: float) -> float:
-        """Capacity the fitted law gives a format of this GMSE (GMSE 0 gives L)."""
-        return float(capacity(gmse, *self.extra_values(extra)))
+        return np.array(capacity.tanh_law_params(extra))
 
 
 def _check_formats(obs: Observations, dense: str, law: str) -> None:
@@ -277,6 +253,23 @@ def _check_formats(obs: Observations, dense: str, law: str) -> None:
         )
 
 
+def log_loss(
+    base: Sequence[float], log_n_rho: np.ndarray, log_tokens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """log(A (N rho)**-alpha + B D**-beta + E) and the softmax weights of its three terms.
+
+    The law's one formula: fits, their start grid and every prediction go through it. `base` is
+    (a, alpha, b, beta, e) with A = e^a, B = e^b, E = e^e; computed as the stable log-sum-exp
+    LSE(a - alpha log(N rho), b - beta log D, e), broadcasting (a grid of starts against cells).
+    """
+    a, alpha, b, beta, e = base
+    terms = np.stack(np.broadcast_arrays(a - alpha * log_n_rho, b - beta * log_tokens, e))
+    top = terms.max(axis=0)
+    exp_terms = np.exp(terms - top)
+    total = exp_terms.sum(axis=0)
+    return top + np.log(total), exp_terms / total
+
+
 class Problem:
     """One law on one set of cells: log residuals, their Jacobian, and the Huber objective."""
 
@@ -285,20 +278,9 @@ class Problem:
 
     def log_prediction(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log predicted loss per cell and the softmax weights of the three LSE terms."""
-        a, alpha, b, beta, e = theta[:5]
         obs = self.obs
         log_rho = self.law.log_rho(theta[5:], obs)[obs.format_index]
-        terms = np.stack(
-            [
-                a - alpha * (obs.log_params + log_rho),
-                b - beta * obs.log_tokens,
-                np.full(len(obs), e),
-            ]
-        )
-        top = terms.max(axis=0)
-        exp_terms = np.exp(terms - top)
-        total = exp_terms.sum(axis=0)
-        return top + np.log(total), exp_terms / total
+        return log_loss(theta[:5], obs.log_params + log_rho, obs.log_tokens)
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
         return self.log_prediction(theta)[0] - self.obs.log_loss
@@ -330,8 +312,7 @@ class Problem:
         """Objective at many base starts (rows of a, alpha, b, beta, e) with `extra` fixed."""
         obs = self.obs
         log_n_rho = obs.log_params + self.law.log_rho(extra, obs)[obs.format_index]
-        a, alpha, b, beta, e = (starts[:, i : i + 1] for i in range(5))
-        log_pred = np.logaddexp(np.logaddexp(a - alpha * log_n_rho, b - beta * obs.log_tokens), e)
+        log_pred, _ = log_loss(starts.T[:, :, None], log_n_rho, obs.log_tokens)
         return huber(log_pred - obs.log_loss, self.delta).sum(axis=1)
 
     def polish(self, theta: np.ndarray, method: str = "trf") -> tuple[np.ndarray, float]:
@@ -377,12 +358,69 @@ def start_grid() -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class FitResult:
-    """A fitted law: natural parameters, bootstrap CIs and diagnostics (never prints)."""
+class FittedLaw:
+    """A fitted law as a value: enough to predict any cell's loss, serialisable to JSON.
+
+    `rho` holds the fitted capacity of every fitted format (empty for chinchilla, whose cells are
+    all one representation); `L`, `F`, `C` are the capacity law's, when known, and predict the rho
+    of a format that was not fitted from its entry in `gmse`.
+    """
 
     law: str
-    params: dict[str, float]
-    rho: dict[str, float]
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    E: float
+    rho: dict[str, float] = field(default_factory=dict)
+    L: float | None = None
+    F: float | None = None
+    C: float | None = None
+    gmse: dict[str, float] = field(default_factory=dict)
+    dense: str = DENSE
+
+    @property
+    def params(self) -> dict[str, float]:
+        """A, alpha, B, beta, E, then L, F, C when known."""
+        names = BASE_NAMES + (("L", "F", "C") if self.L is not None else ())
+        return {name: getattr(self, name) for name in names}
+
+    def rho_of(self, name: str) -> float:
+        """Capacity of a format: fitted, else predicted from its GMSE by the capacity law."""
+        if name in self.rho:
+            return self.rho[name]
+        if name == self.dense or not self.rho:
+            return 1.0
+        if name in self.gmse and self.L is not None:
+            return float(capacity.capacity(self.gmse[name], self.L, self.F, self.C))
+        raise ValueError(f"format: {name!r} was not fitted and has no GMSE to predict its rho")
+
+    def predict(
+        self, params: Sequence[float], tokens: Sequence[float], formats: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Predicted loss (nats) of cells of N parameters and D tokens; formats default to dense."""
+        log_params = np.log(np.asarray(params, dtype=float))
+        names = [self.dense] * len(log_params) if formats is None else list(formats)
+        rho = {name: self.rho_of(name) for name in set(names)}
+        log_rho = np.log([rho[name] for name in names])
+        base = (math.log(self.A), self.alpha, math.log(self.B), self.beta, math.log(self.E))
+        log_pred, _ = log_loss(base, log_params + log_rho, np.log(np.asarray(tokens, dtype=float)))
+        return np.exp(log_pred)
+
+    def to_dict(self) -> dict:
+        """Plain JSON types only; `from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, document: Mapping) -> FittedLaw:
+        return cls(**document)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fit: the fitted law, bootstrap CIs and diagnostics (never prints)."""
+
+    fitted: FittedLaw
     ci: dict[str, tuple[float, float]]
     objective: float
     residuals: np.ndarray
@@ -391,8 +429,18 @@ class FitResult:
     bootstrap: int
     bootstrap_samples: np.ndarray
     delta: float
-    theta: np.ndarray = field(repr=False)
-    law_object: Law = field(repr=False)
+
+    @property
+    def law(self) -> str:
+        return self.fitted.law
+
+    @property
+    def params(self) -> dict[str, float]:
+        return self.fitted.params
+
+    @property
+    def rho(self) -> dict[str, float]:
+        return self.fitted.rho
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -402,20 +450,10 @@ class FitResult:
     def predict(
         self, params: Sequence[float], tokens: Sequence[float], formats: Sequence[str] | None = None
     ) -> np.ndarray:
-        """Predicted loss of cells; formats must be fitted or (unified-gmse) have a GMSE."""
-        n = np.asarray(params, dtype=float)
-        d = np.asarray(tokens, dtype=float)
-        names = [DENSE] * len(n) if formats is None else list(formats)
-        rho = np.array([self.rho_of(name) for name in names])
-        p = self.params
-        return p["A"] * (n * rho) ** -p["alpha"] + p["B"] * d ** -p["beta"] + p["E"]
+        return self.fitted.predict(params, tokens, formats)
 
     def rho_of(self, name: str) -> float:
-        if name in self.rho:
-            return self.rho[name]
-        if isinstance(self.law_object, UnifiedGmseLaw) and name in self.law_object.gmse:
-            return self.law_object.rho_of_gmse(self.theta[5:], self.law_object.gmse[name])
-        raise ValueError(f"format: {name!r} was not fitted and has no GMSE to predict its rho")
+        return self.fitted.rho_of(name)
 
     def summary(self) -> str:
         lines = [
@@ -577,10 +615,10 @@ def fit(
         if with_rho
         else {}
     )
+    known_gmse = {name: float(value) for name, value in (gmse or {}).items()}
+    fitted = FittedLaw(law, **params_out, rho=rho_out, gmse=known_gmse, dense=dense)
     return FitResult(
-        law=law,
-        params=params_out,
-        rho=rho_out,
+        fitted=fitted,
         ci=ci,
         objective=objective,
         residuals=residuals,
@@ -593,8 +631,6 @@ def fit(
         bootstrap=bootstrap,
         bootstrap_samples=samples,
         delta=delta,
-        theta=theta,
-        law_object=law_object,
     )
 
 

@@ -1,8 +1,9 @@
 """Paper figures from a reduction: loss vs N per format with the fitted law, rho vs effective bits
 with the tanh(GMSE) law, predicted vs observed loss, and composition of capacities.
 
-PNG through matplotlib's `Figure` API (rendered by Agg, never pyplot), so no display is needed and
-no global figure state leaks between calls."""
+Every curve and predicted point comes from the reduction's fitted law (`Reduction.fitted`), the
+same object that predicts held-out cells. PNG through matplotlib's `Figure` API (rendered by Agg,
+never pyplot), so no display is needed and no global figure state leaks between calls."""
 
 from __future__ import annotations
 
@@ -15,11 +16,6 @@ from compscale.files import atomic_write
 from compscale.reduce import Reduction
 
 MAX_CURVES = 8
-
-
-def _law_loss(reduction: Reduction, params: np.ndarray, tokens: np.ndarray, rho: float):
-    law = reduction.law.set_index("parameter")["value"]
-    return law["A"] * (params * rho) ** -law["alpha"] + law["B"] * tokens ** -law["beta"] + law["E"]
 
 
 def _label_formats(axis, names: pd.Series, x: pd.Series, y: pd.Series) -> None:
@@ -50,8 +46,8 @@ def _curve_groups(results: pd.DataFrame) -> tuple[str, pd.Series] | None:
 def _loss_vs_params(reduction: Reduction, results: pd.DataFrame, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    formats = list(reduction.rho["format"])
-    rho = dict(zip(reduction.rho["format"], reduction.rho["rho"], strict=True))
+    fitted = reduction.fitted
+    formats = list(fitted.rho)
     columns = min(4, len(formats))
     rows = -(-len(formats) // columns)
     figure = Figure(figsize=(3.6 * columns, 3.0 * rows))
@@ -63,7 +59,7 @@ def _loss_vs_params(reduction: Reduction, results: pd.DataFrame, path: Path) -> 
         cells = results[mask]
         if groups is None:
             axis.scatter(cells["params"], cells["val_loss"], s=12, label="observed")
-            predicted = _law_loss(reduction, cells["params"], cells["tokens"], rho[name])
+            predicted = fitted.predict(cells["params"], cells["tokens"], cells["format"])
             axis.scatter(cells["params"], predicted, marker="x", s=14, color="k", label="law")
         else:
             label, key = groups
@@ -72,10 +68,10 @@ def _loss_vs_params(reduction: Reduction, results: pd.DataFrame, path: Path) -> 
                 group = cells[key[mask] == value]
                 axis.scatter(group["params"], group["val_loss"], s=12, color=colour)
                 tokens = np.full_like(grid, value) if label == "D" else grid * value
-                loss = _law_loss(reduction, grid, tokens, rho[name])
+                loss = fitted.predict(grid, tokens, [name] * len(grid))
                 axis.plot(grid, loss, color=colour, lw=1, label=f"{label}={value:.3g}")
         axis.set_xscale("log")
-        axis.set_title(f"{name} (rho={rho[name]:.3g})", fontsize=9)
+        axis.set_title(f"{name} (rho={fitted.rho_of(name):.3g})", fontsize=9)
         axis.set_xlabel("N (non-embedding parameters)")
         axis.set_ylabel("validation loss (nats)")
     for axis in axes[len(formats) :]:
@@ -94,7 +90,7 @@ def _colours(count: int) -> list:
 def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    from compscale.capacity import capacity
+    from compscale.capacity import log_capacity
 
     figure = Figure(figsize=(6, 4.2))
     axis = figure.subplots()
@@ -103,15 +99,15 @@ def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
     error = None if table["ci_low"].isna().all() else np.abs(np.array(error, dtype=float))
     axis.errorbar(table["effective_bits"], table["rho"], yerr=error, fmt="o", capsize=3)
     _label_formats(axis, table["format"], table["effective_bits"], table["rho"])
-    if not reduction.capacity.empty:
-        law = reduction.capacity.set_index("parameter")["value"]
+    law = reduction.fitted
+    if law.L is not None:
         bits = np.linspace(0.05, max(table["effective_bits"].max(), 1.0) * 1.1, 200)
         axis.plot(
             bits,
-            capacity(4.0**-bits, law["L"], law["F"], law["C"]),
+            np.exp(log_capacity(bits, law.L, law.F, law.C)),
             "k-",
             lw=1,
-            label=f"L tanh(F b)^C: L={law['L']:.3g}, F={law['F']:.3g}, C={law['C']:.3g}",
+            label=f"L tanh(F b)^C: L={law.L:.3g}, F={law.F:.3g}, C={law.C:.3g}",
         )
         axis.legend(fontsize=8)
     axis.set_xlabel("effective bits b = log_1/4(GMSE)")
@@ -123,9 +119,7 @@ def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
 def _predicted_vs_observed(reduction: Reduction, results: pd.DataFrame, path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    rho = dict(zip(reduction.rho["format"], reduction.rho["rho"], strict=True))
-    cell_rho = results["format"].map(rho).to_numpy(dtype=float)
-    predicted = _law_loss(reduction, results["params"], results["tokens"], cell_rho)
+    predicted = reduction.fitted.predict(results["params"], results["tokens"], results["format"])
     figure = Figure(figsize=(5, 5))
     axis = figure.subplots()
     axis.scatter(results["val_loss"], predicted, s=10, alpha=0.6, label="fit on all cells")

@@ -3,14 +3,15 @@ the tanh(GMSE) capacity law, the composition check, and the error on held-out ce
 
 Pure function of a DataFrame (never touches the store); `Reduction.write` puts Parquet and JSON
 beside the sweep, `Reduction.read` loads them back so reports can be regenerated without refitting.
+Every prediction downstream (held-out cells, figures) goes through the reduction's `FittedLaw`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
 from io import StringIO
 from pathlib import Path
 
@@ -26,8 +27,46 @@ JSON_NAME = "reduction.json"
 
 
 @dataclass(frozen=True)
+class ReductionMetrics:
+    """The reduction's scalars: what was fitted to how many cells, how well, and its warnings.
+
+    NaN means not measured (one seed per cell, or no held-out cells); JSON holds it as null.
+    """
+
+    law: str
+    cells: int
+    formats: int
+    seeds: int
+    bootstrap: int
+    delta: float
+    objective: float
+    rmse_log_loss: float
+    mean_abs_rel_error: float
+    seed_noise_log_loss: float
+    tolerance: float
+    holdout_fraction: float
+    heldout_cells: int
+    heldout_rmse_log_loss: float
+    heldout_mean_abs_rel_error: float
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """Strict JSON (no NaN or infinity): such floats become null."""
+        document = {item.name: getattr(self, item.name) for item in fields(self)}
+        return {
+            key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in document.items()
+        } | {"warnings": list(self.warnings)}
+
+    @classmethod
+    def from_dict(cls, document: Mapping) -> ReductionMetrics:
+        values = {key: math.nan if value is None else value for key, value in document.items()}
+        return cls(**values | {"warnings": tuple(document.get("warnings", ()))})
+
+
+@dataclass(frozen=True)
 class Reduction:
-    """The reducer's tables (pandas) and scalar metrics; see `reduce` for what each holds."""
+    """The reducer's tables (pandas), its fitted law and its metrics; see `reduce`."""
 
     law: pd.DataFrame
     rho: pd.DataFrame
@@ -35,7 +74,8 @@ class Reduction:
     capacity_rho: pd.DataFrame
     composition: pd.DataFrame
     heldout: pd.DataFrame
-    metrics: dict = field(default_factory=dict)
+    fitted: laws.FittedLaw
+    metrics: ReductionMetrics
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Each table as `<name>.parquet`, everything as `reduction.json`; atomic renames."""
@@ -46,12 +86,11 @@ class Reduction:
             path = out / f"{name}.parquet"
             atomic_write(path, getattr(self, name).to_parquet)
             written.append(path)
-        document = {"metrics": _finite_or_none(self.metrics)} | {
+        document = {"metrics": self.metrics.to_dict(), "fitted": self.fitted.to_dict()} | {
             name: json.loads(getattr(self, name).to_json(orient="records")) for name in TABLES
         }
         path = out / JSON_NAME
-        text = json.dumps(document, indent=2, default=_json_default, allow_nan=False)
-        write_text_atomic(path, text)
+        write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False))
         written.append(path)
         return written
 
@@ -60,10 +99,18 @@ class Reduction:
         out = Path(out_dir)
         if not (out / JSON_NAME).exists():
             raise FileNotFoundError(f"{out / JSON_NAME}: no reduction here; run the reducer first")
-        metrics = json.loads((out / JSON_NAME).read_text())["metrics"]
-        metrics = {key: math.nan if value is None else value for key, value in metrics.items()}
+        document = json.loads((out / JSON_NAME).read_text())
+        if "fitted" not in document:
+            raise ValueError(
+                f"{out / JSON_NAME}: written before reductions kept their fitted law; "
+                "refit (`compscale reduce`, or `compscale report --refit`)"
+            )
         tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
-        return cls(**tables, metrics=metrics)
+        return cls(
+            **tables,
+            fitted=laws.FittedLaw.from_dict(document["fitted"]),
+            metrics=ReductionMetrics.from_dict(document["metrics"]),
+        )
 
     def summary(self) -> str:
         """The tables as text (rich), with the warnings last."""
@@ -76,8 +123,8 @@ class Reduction:
         )
         m = self.metrics
         console.print(
-            f"{m.get('law')} law over {m.get('cells')} cells, {m.get('formats')} formats; "
-            f"Huber delta {m.get('delta')} on log loss; {m.get('bootstrap')} bootstrap resamples "
+            f"{m.law} law over {m.cells} cells, {m.formats} formats; "
+            f"Huber delta {m.delta} on log loss; {m.bootstrap} bootstrap resamples "
             "(cells resampled within each format), 95% percentile CIs"
         )
         for name, title in (
@@ -101,16 +148,16 @@ class Reduction:
                 table.add_row(*(_cell_text(value) for value in row))
             console.print(table)
         console.print(
-            f"fit error over all cells: RMSE of log loss {_cell_text(m.get('rmse_log_loss'))}, "
-            f"mean |pred/obs - 1| {_cell_text(m.get('mean_abs_rel_error'))}; seed-to-seed std of "
-            f"log loss {_cell_text(m.get('seed_noise_log_loss'))}"
+            f"fit error over all cells: RMSE of log loss {_cell_text(m.rmse_log_loss)}, "
+            f"mean |pred/obs - 1| {_cell_text(m.mean_abs_rel_error)}; seed-to-seed std of "
+            f"log loss {_cell_text(m.seed_noise_log_loss)}"
         )
         console.print(
-            f"held-out ({m.get('heldout_cells')} cells, fit on the rest): RMSE of log loss "
-            f"{_cell_text(m.get('heldout_rmse_log_loss'))}, mean |pred/obs - 1| "
-            f"{_cell_text(m.get('heldout_mean_abs_rel_error'))}"
+            f"held-out ({m.heldout_cells} cells, fit on the rest): RMSE of log loss "
+            f"{_cell_text(m.heldout_rmse_log_loss)}, mean |pred/obs - 1| "
+            f"{_cell_text(m.heldout_mean_abs_rel_error)}"
         )
-        for text in m.get("warnings", []):
+        for text in m.warnings:
             console.print(f"warning: {text}")
         return buffer.getvalue()
 
@@ -121,20 +168,6 @@ def _cell_text(value: object) -> str:
     if isinstance(value, (float, np.floating)):
         return "" if math.isnan(value) else f"{value:.4g}"
     return "" if value is None else str(value)
-
-
-def _finite_or_none(metrics: dict) -> dict:
-    """Strict JSON has no NaN or infinity: such metrics are written as null (read back as NaN)."""
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in metrics.items()
-    }
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _default_gmse(name: str) -> float:
@@ -190,6 +223,8 @@ def reduce(
     with the format left out), `composition` (`capacity.composition_table`, pairs flagged when the
     ratio's CI misses 1 by more than `tolerance`), `heldout` (each held-out cell's observed and
     predicted loss from a fit to the other cells; `holdout_fraction` of each format, at random).
+    `fitted`: the unified law with every format's GMSE and, when fitted, the capacity law's L, F, C,
+    so it predicts formats that were never trained too.
     `gmse_of(format) -> GMSE` defaults to `compscale.gmse.gmse`; `bits_of(format) -> bits per
     parameter` to the format's storage cost.
     """
@@ -235,9 +270,12 @@ def reduce(
         }
     )
     samples = {name: fit.bootstrap_samples[:, fit.names.index(f"rho[{name}]")] for name in formats}
-    capacity_table, capacity_rho = _capacity_tables(
+    capacity_law, capacity_table, capacity_rho = _capacity_tables(
         rho_table[rho_table["format"] != dense], samples, bootstrap, seed, warnings
     )
+    fitted = replace(fit.fitted, gmse=gmse)
+    if capacity_law is not None:
+        fitted = replace(fitted, L=capacity_law.L, F=capacity_law.F, C=capacity_law.C)
     composition = capacity.composition_table(
         fit.rho, samples if bootstrap else None, tolerance=tolerance
     )
@@ -246,23 +284,26 @@ def reduce(
             f"composition {row.format}: rho {row.rho:.4g} vs product {row.rho_product:.4g} "
             f"(ratio CI [{row.ratio_ci_low:.4g}, {row.ratio_ci_high:.4g}]) is not multiplicative"
         )
-    heldout, heldout_metrics = _heldout(results, holdout_fraction, seed, dense, delta, warnings)
-    metrics = {
-        "law": "unified",
-        "cells": len(results),
-        "formats": len(formats),
-        "seeds": int(results["seed"].nunique()),
-        "bootstrap": bootstrap,
-        "delta": delta,
-        "objective": fit.objective,
-        "rmse_log_loss": fit.fit_error["rmse_log_loss"],
-        "mean_abs_rel_error": fit.fit_error["mean_abs_rel_error"],
-        "seed_noise_log_loss": _seed_noise(results),
-        "tolerance": tolerance,
-        "holdout_fraction": holdout_fraction,
-        **heldout_metrics,
-        "warnings": warnings,
-    }
+    heldout = _heldout(results, holdout_fraction, seed, dense, delta, warnings)
+    heldout_rmse, heldout_error = _heldout_errors(heldout)
+    metrics = ReductionMetrics(
+        law=fit.law,
+        cells=len(results),
+        formats=len(formats),
+        seeds=int(results["seed"].nunique()),
+        bootstrap=bootstrap,
+        delta=delta,
+        objective=fit.objective,
+        rmse_log_loss=fit.fit_error["rmse_log_loss"],
+        mean_abs_rel_error=fit.fit_error["mean_abs_rel_error"],
+        seed_noise_log_loss=_seed_noise(results),
+        tolerance=tolerance,
+        holdout_fraction=holdout_fraction,
+        heldout_cells=len(heldout),
+        heldout_rmse_log_loss=heldout_rmse,
+        heldout_mean_abs_rel_error=heldout_error,
+        warnings=tuple(warnings),
+    )
     return Reduction(
         law=law_table,
         rho=rho_table,
@@ -270,8 +311,17 @@ def reduce(
         capacity_rho=capacity_rho,
         composition=composition,
         heldout=heldout,
+        fitted=fitted,
         metrics=metrics,
     )
+
+
+def _heldout_errors(heldout: pd.DataFrame) -> tuple[float, float]:
+    """RMSE of log(predicted / observed) and mean |predicted / observed - 1|; NaN without cells."""
+    if heldout.empty:
+        return math.nan, math.nan
+    ratio = heldout["predicted"].to_numpy(dtype=float) / heldout["observed"].to_numpy(dtype=float)
+    return float(np.sqrt(np.mean(np.log(ratio) ** 2))), float(np.mean(np.abs(ratio - 1)))
 
 
 def _capacity_tables(
@@ -280,10 +330,11 @@ def _capacity_tables(
     bootstrap: int,
     seed: int,
     warnings: list[str],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Capacity-law fit over compressed formats with 0 < GMSE < 1; empty tables if too few."""
+) -> tuple[capacity.CapacityFit | None, pd.DataFrame, pd.DataFrame]:
+    """Capacity law over compressed formats with 0 < GMSE < 1; None, empty tables if too few."""
     usable = compressed[(compressed["gmse"] > 0) & (compressed["gmse"] < 1)]
     empty = (
+        None,
         pd.DataFrame(columns=["parameter", "value", "ci_low", "ci_high"]),
         pd.DataFrame(columns=["format", "gmse", "effective_bits", "rho", "rho_law", "rho_loo"]),
     )
@@ -312,7 +363,7 @@ def _capacity_tables(
             "rho_loo": capacity.leave_one_out(usable["gmse"], usable["rho"]),
         }
     )
-    return table, comparison
+    return law, table, comparison
 
 
 def _heldout(
@@ -322,13 +373,12 @@ def _heldout(
     dense: str,
     delta: float,
     warnings: list[str],
-) -> tuple[pd.DataFrame, dict]:
+) -> pd.DataFrame:
+    """Held-out cells with the loss predicted by the law fitted to the other cells."""
     columns = ["params", "tokens", "format", "seed", "observed", "predicted", "rel_error"]
-    none = {"heldout_cells": 0, "heldout_rmse_log_loss": math.nan}
-    none |= {"heldout_mean_abs_rel_error": math.nan}
     held = _heldout_split(results, fraction, seed)
     if not held.any():
-        return pd.DataFrame(columns=columns), none
+        return pd.DataFrame(columns=columns)
     train, test = results[~held], results[held]
     try:
         fit = laws.fit(
@@ -343,10 +393,10 @@ def _heldout(
         )
     except ValueError as error:
         warnings.append(f"held-out check skipped: the cells left for fitting fail: {error}")
-        return pd.DataFrame(columns=columns), none
-    predicted = fit.predict(test["params"], test["tokens"], test["format"])
+        return pd.DataFrame(columns=columns)
+    predicted = fit.fitted.predict(test["params"], test["tokens"], test["format"])
     observed = test["val_loss"].to_numpy()
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "params": test["params"].to_numpy(),
             "tokens": test["tokens"].to_numpy(),
@@ -357,9 +407,3 @@ def _heldout(
             "rel_error": predicted / observed - 1,
         }
     )
-    log_error = np.log(predicted / observed)
-    return frame, {
-        "heldout_cells": len(frame),
-        "heldout_rmse_log_loss": float(np.sqrt(np.mean(log_error**2))),
-        "heldout_mean_abs_rel_error": float(np.mean(np.abs(frame["rel_error"]))),
-    }

@@ -89,8 +89,10 @@ def reduce_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from compscale.files import write_text_atomic
     from compscale.plots import write_figures
     from compscale.reduce import Reduction
+    from compscale.report import render_markdown, sweep_page, write_report
     from orchestrator.cli_sweep import open_store
 
     store = open_store(args)
@@ -103,95 +105,16 @@ def report_command(args: argparse.Namespace) -> int:
         reduction = Reduction.read(tables)
     out = base / "report"
     figures = write_figures(reduction, results, out)
-    title, sections, footer = _sections(args.sweep, store, results, reduction, figures)
-
-    from compscale.files import write_text_atomic
-    from compscale.report import render_markdown, write_report
-
-    page = write_report(out, title, sections, footer)
+    command = " ".join(["compscale", *sys.argv[1:]])
+    page = sweep_page(args.sweep, store.uri, results, reduction, figures, command)
+    path = write_report(out, page)
     if args.markdown:
         markdown = Path(args.markdown)
         figure_dir = markdown.with_suffix("")
         figure_dir.mkdir(parents=True, exist_ok=True)
         for figure in figures:
             shutil.copyfile(figure, figure_dir / figure.name)
-        text = render_markdown(title, sections, figure_dir.name, footer)
-        write_text_atomic(markdown, text)
+        write_text_atomic(markdown, render_markdown(page, figure_dir.name))
         print(f"markdown: {markdown}")
-    print(f"report: {page}")
+    print(f"report: {path}")
     return 0
-
-
-def _sections(sweep, store, results, reduction, figures):
-    """The report's title, sections and footer, in the paper's order."""
-    import pandas as pd
-
-    from compscale import findings
-    from compscale.report import Section
-
-    by_name = {figure.stem: figure for figure in figures}
-
-    def pick(*words: str) -> list[Path]:
-        return [path for stem, path in by_name.items() if any(word in stem for word in words)]
-
-    metrics = reduction.metrics
-    overview = results.groupby("format", sort=False).agg(
-        cells=("cell_id", "count"),
-        params=("params", lambda s: f"{s.min():,} - {s.max():,}"),
-        tokens=("tokens", lambda s: f"{s.min():,} - {s.max():,}"),
-        val_loss=("val_loss", "mean"),
-        wall_time_s=("wall_time_s", "sum"),
-    )
-    hardware = ", ".join(sorted(results["hardware"].astype(str).unique()))
-    finished = pd.to_datetime(results["finished_at"], utc=True)
-    started = finished - pd.to_timedelta(results["wall_time_s"], unit="s")
-    wall_minutes = (finished.max() - started.min()).total_seconds() / 60
-    run_text = (
-        f"{len(results)} finished cells of sweep {sweep} in {store.uri}\n"
-        f"hardware: {hardware}\n"
-        f"wall time: {wall_minutes:.1f} min, from the first cell's start "
-        f"({started.min():%Y-%m-%d %H:%M} UTC) to the last cell's end\n"
-        f"compute: {results['wall_time_s'].sum() / 60:.1f} cell-minutes; "
-        f"{(results['params'] * results['tokens'] * 6).sum():.3g} training FLOPs (6ND)"
-    )
-    checks = findings.check(reduction)
-    sections = [
-        Section("The paper's claims on this sweep", tables=[("", findings.as_table(checks))]),
-        Section("Cells", run_text, [("per format", overview.reset_index())]),
-        Section(
-            "Unified law L = A (N rho)^-alpha + B D^-beta + E",
-            "\n".join(metrics.get("warnings", [])) or "no warnings",
-            [("parameters, 95% bootstrap CIs", reduction.law), ("rho per format", reduction.rho)],
-            pick("loss_vs"),
-        ),
-        Section(
-            "Capacity law rho = L tanh(F log_1/4 GMSE)^C",
-            tables=[
-                ("parameters", reduction.capacity),
-                ("fitted, law and left-out predictions", reduction.capacity_rho),
-            ],
-            figures=pick("rho_vs", "capacity"),
-        ),
-        Section(
-            "Composition rho(A+B) vs rho(A) rho(B)",
-            tables=[("pairs", reduction.composition)],
-            figures=pick("composition"),
-        ),
-        Section(
-            "Held-out prediction",
-            f"fit on the other cells; RMSE of log loss {metrics.get('heldout_rmse_log_loss')}, "
-            f"mean |pred/obs - 1| {metrics.get('heldout_mean_abs_rel_error')}",
-            [("held-out cells", reduction.heldout)],
-            pick("predicted"),
-        ),
-        Section("Summary (text)", reduction.summary()),
-    ]
-    caveats = sorted({f.caveat for f in checks if f.caveat})
-    footer = "Where this sweep disagrees with the paper, or cannot tell: " + " ".join(caveats)
-    footer = footer if caveats else ""
-    command = " ".join(["compscale", *sys.argv[1:]])
-    footer += (
-        f"\nCells trained by `compscale submit` on the spec stored in the sweep's folder "
-        f"(sweeps/{sweep}/spec.yaml in the store); this page generated by `{command}`."
-    )
-    return f"compscale report: {sweep}", sections, footer

@@ -23,6 +23,29 @@ def test_effective_bits_inverts_the_rate_distortion_bound():
     assert capacity.capacity(0.0, **TRUE_LAW) == pytest.approx(TRUE_LAW["cap"])
 
 
+def test_fit_coordinates_map_onto_capacities_in_zero_one():
+    for rho in (1e-6, 0.3, 0.97):
+        assert np.exp(capacity.log_rho_of_u(capacity.u_of_rho(rho))) == pytest.approx(rho)
+    assert np.exp(capacity.log_rho_of_u(np.array([-30.0, 30.0]))) == pytest.approx([1.0, 0.0])
+    z = np.array([capacity.u_of_rho(0.9), np.log(0.5), np.log(2.0)])
+    assert capacity.tanh_law_params(z) == pytest.approx((0.9, 0.5, 2.0))
+    bits = np.array([0.5, 2.0, 8.0])
+    rho = capacity.capacity(4.0**-bits, 0.9, 0.5, 2.0)
+    assert np.exp(capacity.log_tanh_law(z, bits)) == pytest.approx(rho, rel=1e-12)
+    step = 1e-6
+    numeric = np.column_stack(
+        [
+            (
+                capacity.log_tanh_law(z + step * unit, bits)
+                - capacity.log_tanh_law(z - step * unit, bits)
+            )
+            / (2 * step)
+            for unit in np.eye(3)
+        ]
+    )
+    np.testing.assert_allclose(capacity.log_tanh_law_jac(z, bits), numeric, atol=1e-7)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_known_law_is_fitted_back_from_noisy_pairs(seed):
     names, gmse, rho = pairs(noise=0.005, seed=seed)

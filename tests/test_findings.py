@@ -1,8 +1,9 @@
 """The paper's claims are judged by their stated criteria, and a CI too wide to decide says so."""
 
 import pandas as pd
+from test_reduce import metrics
 
-from compscale import findings
+from compscale import findings, laws
 from compscale.reduce import Reduction
 
 
@@ -17,7 +18,8 @@ def reduction_with_pairs(*pairs: tuple[float, float, bool]) -> Reduction:
     empty = pd.DataFrame(columns=["format", "effective_bits", "rho", "rho_loo"])
     return Reduction(
         law=empty, rho=empty, capacity=empty, capacity_rho=empty, composition=composition,
-        heldout=empty, metrics={"heldout_mean_abs_rel_error": 0.005, "heldout_cells": 4},
+        heldout=empty, fitted=laws.FittedLaw("unified", 1.0, 0.3, 1.0, 0.3, 1.0),
+        metrics=metrics(heldout_mean_abs_rel_error=0.005, heldout_cells=4),
     )  # fmt: skip
 
 

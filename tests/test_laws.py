@@ -1,5 +1,6 @@
 """Law fits: synthetic truth comes back, the Chinchilla replication holds, bad input fails."""
 
+import json
 import math
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def test_chinchilla_fit_reproduces_besiroglu_replication_with_bootstrap_cis():
         assert low < result.params[name] < high, name
     assert result.bootstrap_samples.shape == (50, 5)
     assert result.rho == {}
+    predicted = result.predict(cells.params, cells.tokens)
+    np.testing.assert_allclose(predicted, cells.loss * np.exp(result.residuals), rtol=1e-12)
     assert 0 < result.fit_error["rmse_log_loss"] < 0.02
     assert "A" in result.summary() and "RMSE of log loss" in result.summary()
 
@@ -96,26 +99,56 @@ def test_analytic_jacobian_matches_finite_differences(law):
     np.testing.assert_allclose(problem.jacobian(theta), numeric, atol=1e-6)
 
 
-def test_unified_gmse_law_predicts_an_unfitted_format_from_its_gmse():
-    cap, slope, power = 0.95, 0.6, 1.5
-    gmse = {f"q{bits}": 4.0**-bits for bits in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}
-    rho = {"dense": 1.0} | {
-        name: cap * math.tanh(slope * -math.log(g) / math.log(4)) ** power
-        for name, g in gmse.items()
-    }
-    held_out = "q2.0"
-    cells = synthetic_cells({k: v for k, v in rho.items() if k != held_out}, seed=3)
-    result = laws.fit(
+GMSE_LAW = {"cap": 0.95, "slope": 0.6, "power": 1.5}
+GMSE = {f"q{bits}": 4.0**-bits for bits in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}
+GMSE_RHO = {"dense": 1.0} | {
+    name: GMSE_LAW["cap"]
+    * math.tanh(GMSE_LAW["slope"] * -math.log(g) / math.log(4)) ** GMSE_LAW["power"]
+    for name, g in GMSE.items()
+}
+HELD_OUT = "q2.0"
+
+
+@pytest.fixture(scope="module")
+def gmse_fit() -> laws.FitResult:
+    """The unified-gmse law fitted to every format but HELD_OUT."""
+    cells = synthetic_cells({k: v for k, v in GMSE_RHO.items() if k != HELD_OUT}, seed=3)
+    return laws.fit(
         cells.params,
         cells.tokens,
         cells.loss,
         cells.format,
         law="unified-gmse",
-        gmse=gmse,
+        gmse=GMSE,
         bootstrap=0,
     )
-    assert result.rho_of(held_out) == pytest.approx(rho[held_out], rel=0.03)
-    assert result.params["L"] == pytest.approx(cap, rel=0.05)
+
+
+def test_unified_gmse_law_predicts_an_unfitted_format_from_its_gmse(gmse_fit):
+    assert gmse_fit.rho_of(HELD_OUT) == pytest.approx(GMSE_RHO[HELD_OUT], rel=0.03)
+    assert gmse_fit.params["L"] == pytest.approx(GMSE_LAW["cap"], rel=0.05)
+    with pytest.raises(ValueError, match="'q9' was not fitted and has no GMSE"):
+        gmse_fit.rho_of("q9")
+
+
+def test_fitted_law_survives_json_and_predicts_identically(gmse_fit):
+    fitted = gmse_fit.fitted
+    back = laws.FittedLaw.from_dict(json.loads(json.dumps(fitted.to_dict(), allow_nan=False)))
+    assert back == fitted
+    params, tokens = np.array([1e6, 3e7, 2e8]), np.array([2e7, 1e9, 4e10])
+    formats = ["dense", "q1.0", HELD_OUT]
+    np.testing.assert_array_equal(
+        back.predict(params, tokens, formats), fitted.predict(params, tokens, formats)
+    )
+    assert back.rho_of(HELD_OUT) == fitted.rho_of(HELD_OUT)
+
+
+def test_prediction_is_the_law_in_natural_units(gmse_fit):
+    """The log-space formula the fit minimises is L = A (N rho)^-alpha + B D^-beta + E."""
+    p = gmse_fit.params
+    rho = gmse_fit.rho_of("q1.5")
+    expected = p["A"] * (3e7 * rho) ** -p["alpha"] + p["B"] * 6e8 ** -p["beta"] + p["E"]
+    assert gmse_fit.predict([3e7], [6e8], ["q1.5"])[0] == pytest.approx(expected, rel=1e-12)
 
 
 def cells_with(**overrides) -> dict:

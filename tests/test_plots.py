@@ -1,6 +1,9 @@
 """Figures: every paper figure is written as a real PNG; composition only when a pair was fitted."""
 
+from dataclasses import replace
+
 import matplotlib.image
+import numpy as np
 import pytest
 from test_reduce import GMSE, capacities, sweep
 
@@ -40,3 +43,25 @@ def test_without_composite_formats_there_is_no_composition_figure(results, tmp_p
         "rho_vs_gmse.png",
         "predicted_vs_observed.png",
     ]
+
+
+def test_law_curves_are_the_fitted_laws_predictions(results, tmp_path, monkeypatch):
+    """Curves come from `reduction.fitted`, not from the law and rho tables (emptied here)."""
+    from compscale import plots
+
+    gmse = GMSE | {"sp50+int4": 0.0799}
+    reduction = reduce(results, gmse_of=gmse.get, bits_of=len, bootstrap=0, holdout_fraction=0)
+    reduction = replace(reduction, law=reduction.law.iloc[:0], rho=reduction.rho.iloc[:0])
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.stem, figure))
+    plots._loss_vs_params(reduction, results, tmp_path / "loss_vs_params.png")
+    axes = [axis for axis in figures["loss_vs_params"].axes if axis.get_visible()]
+    assert [axis.get_title().split()[0] for axis in axes] == list(reduction.fitted.rho)
+    for axis, name in zip(axes, reduction.fitted.rho, strict=True):
+        lines = axis.get_lines()
+        assert [line.get_label() for line in lines] == ["D/N=10", "D/N=30", "D/N=100"]
+        for line in lines:
+            params, loss = line.get_xydata().T
+            tokens = params * float(line.get_label().removeprefix("D/N="))
+            expected = reduction.fitted.predict(params, tokens, [name] * len(params))
+            np.testing.assert_allclose(loss, expected, rtol=1e-12)

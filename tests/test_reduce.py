@@ -1,13 +1,15 @@
 """The reducer: synthetic sweeps of known capacities give back the paper's tables."""
 
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from compscale import capacity
-from compscale.reduce import TABLES, Reduction, reduce
+from compscale import capacity, laws
+from compscale.reduce import TABLES, Reduction, ReductionMetrics, reduce
 
 TRUTH = {"A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28, "E": 1.69}
 LAW = {"cap": 0.97, "slope": 0.5, "power": 1.6}
@@ -77,9 +79,24 @@ def test_capacity_law_is_fitted_and_predicts_left_out_formats(multiplicative):
 
 def test_heldout_cells_are_predicted_within_the_noise(multiplicative):
     _, results, reduction = multiplicative
-    assert reduction.metrics["heldout_cells"] == len(reduction.heldout) > 0.15 * len(results)
-    assert reduction.metrics["heldout_mean_abs_rel_error"] < 0.01
-    assert reduction.metrics["seed_noise_log_loss"] == pytest.approx(0.005, rel=0.3)
+    assert reduction.metrics.heldout_cells == len(reduction.heldout) > 0.15 * len(results)
+    assert reduction.metrics.heldout_mean_abs_rel_error < 0.01
+    assert reduction.metrics.seed_noise_log_loss == pytest.approx(0.005, rel=0.3)
+
+
+def test_fitted_law_is_the_law_and_rho_tables_plus_the_capacity_law(multiplicative):
+    _, _, reduction = multiplicative
+    fitted = reduction.fitted
+    law = reduction.law.set_index("parameter")["value"]
+    for name in laws.BASE_NAMES:
+        assert law[name] == getattr(fitted, name), name
+    assert fitted.rho == dict(zip(reduction.rho["format"], reduction.rho["rho"], strict=True))
+    capacity_law = reduction.capacity.set_index("parameter")["value"]
+    assert tuple(capacity_law[name] for name in "LFC") == (fitted.L, fitted.F, fitted.C)
+    assert fitted.gmse["int4"] == GMSE["int4"]
+    untrained = replace(fitted, gmse=fitted.gmse | {"int5": 0.0029})
+    expected = float(capacity.capacity(0.0029, fitted.L, fitted.F, fitted.C))
+    assert untrained.rho_of("int5") == pytest.approx(expected)
 
 
 def test_written_reduction_reads_back_identically(multiplicative, tmp_path):
@@ -93,6 +110,12 @@ def test_written_reduction_reads_back_identically(multiplicative, tmp_path):
     for name in TABLES:
         pd.testing.assert_frame_equal(getattr(back, name), getattr(reduction, name))
     assert back.metrics == reduction.metrics
+    assert back.fitted == reduction.fitted
+    cells = reduction.heldout
+    np.testing.assert_array_equal(
+        back.fitted.predict(cells["params"], cells["tokens"], cells["format"]),
+        reduction.fitted.predict(cells["params"], cells["tokens"], cells["format"]),
+    )
     text = back.summary()
     assert "Capacity rho per format" in text and "sp50+int4" in text and "held-out" in text
 
@@ -104,7 +127,7 @@ def test_non_multiplicative_composition_is_flagged():
     row = reduction.composition.set_index("format").loc["sp50+int4"]
     assert row["rel_error"] == pytest.approx(-0.2, abs=0.05)
     assert row["flagged"]
-    assert any("sp50+int4" in text for text in reduction.metrics["warnings"])
+    assert any("sp50+int4" in text for text in reduction.metrics.warnings)
 
 
 def test_default_gmse_comes_from_the_format_library(tmp_path):
@@ -117,13 +140,13 @@ def test_default_gmse_comes_from_the_format_library(tmp_path):
     }
     reduction = reduce(sweep(rho, seeds=(0,)), bootstrap=0, holdout_fraction=0)
     table = reduction.rho.set_index("format")
-    assert math.isnan(reduction.metrics["seed_noise_log_loss"])  # one seed per cell
+    assert math.isnan(reduction.metrics.seed_noise_log_loss)  # one seed per cell
     reduction.write(tmp_path)
     assert '"heldout_rmse_log_loss": null' in (tmp_path / "reduction.json").read_text()
-    assert math.isnan(Reduction.read(tmp_path).metrics["heldout_rmse_log_loss"])
+    assert math.isnan(Reduction.read(tmp_path).metrics.heldout_rmse_log_loss)
     assert table.loc["int4", "bits_per_param"] == pytest.approx(4.0, abs=0.01)
     assert table.loc["int4", "gmse"] == pytest.approx(gmse("int4"))
-    assert reduction.metrics["heldout_cells"] == 0
+    assert reduction.metrics.heldout_cells == 0
 
 
 def test_missing_columns_and_missing_dense_fail_clearly():
@@ -134,15 +157,40 @@ def test_missing_columns_and_missing_dense_fail_clearly():
         reduce(results[results["format"] != "dense"], gmse_of=GMSE.get, bootstrap=0)
 
 
+def metrics(**overrides) -> ReductionMetrics:
+    """Metrics of a reduction nobody fitted: every number NaN unless overridden."""
+    nan = math.nan
+    values = dict(
+        law="unified", cells=0, formats=0, seeds=0, bootstrap=0, delta=1e-3, objective=nan,
+        rmse_log_loss=nan, mean_abs_rel_error=nan, seed_noise_log_loss=nan, tolerance=0.02,
+        holdout_fraction=0.0, heldout_cells=0, heldout_rmse_log_loss=nan,
+        heldout_mean_abs_rel_error=nan,
+    )  # fmt: skip
+    return ReductionMetrics(**values | overrides)
+
+
+def test_metrics_survive_json_with_nan_as_null():
+    text = json.dumps(metrics(cells=3, warnings=("a",)).to_dict(), allow_nan=False)
+    back = ReductionMetrics.from_dict(json.loads(text))
+    assert back.cells == 3 and back.warnings == ("a",) and math.isnan(back.objective)
+
+
 def test_summary_prints_bracketed_names_verbatim():
     """Warnings name parameters like `rho[int4]`; the text tables must not eat them as markup."""
-    import pandas as pd
-
-    from compscale.reduce import Reduction
-
     empty = pd.DataFrame()
     reduction = Reduction(
         law=empty, rho=empty, capacity=empty, capacity_rho=empty, composition=empty,
-        heldout=empty, metrics={"warnings": ["rho[sp75+int2] is weakly identified"]},
+        heldout=empty, fitted=laws.FittedLaw("unified", 1.0, 0.3, 1.0, 0.3, 1.0),
+        metrics=metrics(warnings=("rho[sp75+int2] is weakly identified",)),
     )  # fmt: skip
     assert "warning: rho[sp75+int2] is weakly identified" in reduction.summary()
+
+
+def test_a_reduction_written_before_the_fitted_law_asks_for_a_refit(multiplicative, tmp_path):
+    _, _, reduction = multiplicative
+    reduction.write(tmp_path)
+    document = json.loads((tmp_path / "reduction.json").read_text())
+    del document["fitted"]
+    (tmp_path / "reduction.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="refit"):
+        Reduction.read(tmp_path)
