@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from compscale.reduce import Reduction
     from orchestrator.store import Store
+    from workers.layout import SweepPaths
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,12 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command.set_defaults(func=report_command)
 
 
-def _sweep_dir(store: Store, sweep: str, out: str | None) -> Path:
+def _sweep_paths(store: Store, sweep: str, out: str | None) -> SweepPaths:
+    """The sweep's folders in the store, or the same layout under `--out`."""
+    from workers.layout import SweepPaths
+
     if out:
-        return Path(out)
+        return SweepPaths(str(Path(out)))
     if "://" in store.uri and not store.uri.startswith("file://"):
         raise ValueError(f"--out: required for a remote store ({store.uri})")
-    return Path(store.layout.sweep(sweep).directory)
+    return store.layout.sweep(sweep)
 
 
 def _results(store: Store, sweep: str) -> pd.DataFrame:
@@ -81,7 +85,7 @@ def reduce_command(args: argparse.Namespace) -> int:
     from orchestrator.cli_sweep import open_store
 
     store = open_store(args)
-    out = _sweep_dir(store, args.sweep, args.out) / "reduction"
+    out = Path(_sweep_paths(store, args.sweep, args.out).reduction)
     reduction = _reduce(_results(store, args.sweep), args, out)
     print(reduction.summary())
     print(f"tables: {out}")
@@ -96,14 +100,14 @@ def report_command(args: argparse.Namespace) -> int:
     from orchestrator.cli_sweep import open_store
 
     store = open_store(args)
-    base = _sweep_dir(store, args.sweep, args.out)
+    paths = _sweep_paths(store, args.sweep, args.out)
     results = _results(store, args.sweep)
-    tables = base / "reduction"
+    tables = Path(paths.reduction)
     if args.refit or not (tables / "reduction.json").exists():
         reduction = _reduce(results, args, tables)
     else:
         reduction = Reduction.read(tables)
-    out = base / "report"
+    out = Path(paths.report)
     figures = write_figures(reduction, results, out)
     command = " ".join(["compscale", *sys.argv[1:]])
     page = sweep_page(args.sweep, store.uri, results, reduction, figures, command)

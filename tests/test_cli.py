@@ -27,7 +27,9 @@ DOUBLE = ["--cell-fn", "doubles:run_cell"]
 
 def environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return env | {"PYTHONPATH": str(REPO / "tests"), "COLUMNS": "200"} | extra
+    # this checkout's code, not whichever one the virtual environment's editable install names
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO)])
+    return env | {"PYTHONPATH": path, "COLUMNS": "200"} | extra
 
 
 def compscale(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180):
