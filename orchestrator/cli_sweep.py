@@ -319,24 +319,35 @@ def rerun(args: argparse.Namespace) -> int:
 
 def query(args: argparse.Namespace) -> int:
     import duckdb
+    import pyarrow as pa
 
-    from orchestrator.store import VIEWS
+    from orchestrator.store import VIEWS, ReadOnlyQuery, permission_reason
+    from workers.layout import resolve
 
     store = open_store(args)
+    target = resolve(args.parquet, what="--parquet") if args.parquet else None
+    if target is not None and store.contains(target):
+        raise ValueError(f"--parquet: {args.parquet} is inside the store; write it elsewhere")
     try:
-        relation = store.query(args.sql)
+        table = pa.table(store.query(args.sql))  # run here, so errors at run time are one line
+    except duckdb.PermissionException as error:
+        raise ReadOnlyQuery.because(permission_reason(error)) from None
     except duckdb.Error as error:
         views = ", ".join(VIEWS)
         raise ValueError(f"{str(error).splitlines()[0]} (views: {views})") from None
-    if relation is None:
-        return 0
-    if args.parquet:
-        relation.to_parquet(args.parquet)
+    if target is not None:
+        import pyarrow.parquet as pq
+
+        from workers.storage import write_atomic
+
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        write_atomic(target.filesystem, target.root, buffer.getvalue().to_pybytes())
         print(f"wrote {args.parquet}")
     elif args.csv:
-        relation.df().to_csv(sys.stdout, index=False)
+        table.to_pandas().to_csv(sys.stdout, index=False)
     else:
-        frame = relation.df()
+        frame = table.to_pandas()
         _print_table(args.sql, list(frame.columns), frame.values.tolist())
     return 0
 
