@@ -111,8 +111,43 @@ class Store:
         self.write_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
 
     def read_json(self, path: str) -> Any:
+        """A JSON file's value; a torn or corrupt one is a ValueError naming the file."""
         with self.fs.open_input_stream(path) as stream:
-            return json.loads(stream.read())
+            data = stream.read()
+        try:
+            return json.loads(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+    def read_event(self, path: str) -> dict[str, Any]:
+        """One status event; anything but an object with a known state names the file."""
+        event = self.read_json(path)
+        if not isinstance(event, dict) or event.get("state") not in STATES:
+            raise ValueError(f"{path}: not a status event (an object with a state in {STATES})")
+        return event
+
+    def check_root(self, must_exist: bool) -> None:
+        """The root must be a folder, and exist where `must_exist` (commands that only read: an
+        empty answer from a mistyped path would read as a fact)."""
+        kind = self.fs.get_file_info(self.root).type
+        if kind == pafs.FileType.File:
+            raise ValueError(f"store {self.uri} is a file, not a folder")
+        if must_exist and kind == pafs.FileType.NotFound:
+            raise FileNotFoundError(
+                f"no store at {self.uri} (give --store or set $COMPSCALE_STORE)"
+            )
+
+    def create(self) -> None:
+        """Create the root if needed and prove it writable with a probe file, so a submit fails
+        in one line before it registers cells or starts Ray."""
+        self.check_root(must_exist=False)
+        probe = f"{self.root}/{storage.TEMP_PREFIX}probe-{os.getpid()}"
+        try:
+            storage.write_atomic(self.fs, probe, b"")
+            self.fs.delete_file(probe)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+            raise ValueError(f"store {self.uri}: cannot write there ({reason})") from None
 
     def contains(self, target: StoreLocation) -> bool:
         """Whether a resolved path (`workers.layout.resolve`) lies inside this store, links
@@ -220,7 +255,7 @@ class Store:
         """The cell's current state: its latest event's, or done if it has none but a result (a
         cell trained outside the orchestrator), else pending."""
         paths = self.events(cell_id)
-        event = self.read_json(paths[-1]) if paths else {}
+        event = self.read_event(paths[-1]) if paths else {}
         state = event.get("state") or ("done" if self.has_result(cell_id) else "pending")
         age = None
         if state == "running":
@@ -324,7 +359,7 @@ class Store:
         events = []
         for cell_id in self.cell_ids():
             for path in self.events(cell_id):
-                event = self.read_json(path)
+                event = self.read_event(path)
                 events.append(CellStatus(cell_id, event["state"], event["attempt"], event))
         return self._status_table(events)
 
