@@ -37,7 +37,7 @@ def measure(cells: int) -> dict[str, float]:
     from orchestrator.spec import SweepSpec
     from orchestrator.store import Store
 
-    spec = SweepSpec(name="overhead", models=["tiny"], tokens=[1000], formats=["dense"],
+    spec = SweepSpec(name="overhead", models=["tiny"], tokens=[4096], formats=["dense"],
                      seeds=list(range(cells)))  # fmt: skip
     with tempfile.TemporaryDirectory() as root:
         store = Store(f"{root}/store")

@@ -37,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as error:
+    except (UserError, ValueError, OSError) as error:  # OSError: a path the user gave, mostly
         print(f"compscale {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a command that can resume (submit) says how before this
+        print(f"compscale {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

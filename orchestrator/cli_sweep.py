@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -102,10 +103,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---- helpers ----------------------------------------------------------------------
-def open_store(args: argparse.Namespace) -> Store:
+def open_store(args: argparse.Namespace, must_exist: bool = True) -> Store:
+    """The store of `--store`, $COMPSCALE_STORE or ./store; one that must exist (every command
+    but plan and submit) is an error when missing, a path that is a file always is."""
     from orchestrator.store import Store
 
-    return Store(args.store or os.environ.get("COMPSCALE_STORE") or "store")
+    store = Store(args.store or os.environ.get("COMPSCALE_STORE") or "store")
+    store.check_root(must_exist)
+    return store
 
 
 def load(spec_path: str) -> tuple[SweepSpec, str, list[CellConfig]]:
@@ -157,7 +162,7 @@ def plan(args: argparse.Namespace) -> int:
     from orchestrator.driver import plan as plan_cells
 
     spec, _, cells = load(args.spec)
-    store = open_store(args)
+    store = open_store(args, must_exist=False)
     planned = plan_cells(cells, store)
     rows = [
         [
@@ -184,7 +189,8 @@ def _run(
     store: Store,
     planned: list[Planned],
 ) -> int:
-    from orchestrator.driver import HEARTBEAT_S, LEASE_S, connect, drive
+    """Drive the planned cells; Ctrl-C cancels the cells in flight and says how to resume."""
+    from orchestrator.driver import HEARTBEAT_S, LEASE_S, Driver, connect
     from orchestrator.progress import Progress
 
     cell_fn = cell_function(args.cell_fn)
@@ -193,19 +199,28 @@ def _run(
         print("nothing to run")
         return 0
     started_ray = connect(args.address)
+    driver = Driver(
+        spec.name,
+        store,
+        resources=spec.resources,
+        retries=spec.retries,
+        max_in_flight=spec.max_in_flight,
+        cell_fn=cell_fn,
+        heartbeat_s=args.heartbeat_s or HEARTBEAT_S,
+        lease_s=args.lease_s or LEASE_S,
+        progress=Progress(spec.name, len(planned)),
+    )
     try:
-        counts = drive(
-            spec.name,
-            planned,
-            store,
-            resources=spec.resources,
-            retries=spec.retries,
-            max_in_flight=spec.max_in_flight,
-            cell_fn=cell_fn,
-            heartbeat_s=args.heartbeat_s or HEARTBEAT_S,
-            lease_s=args.lease_s or LEASE_S,
-            progress=Progress(spec.name, len(planned)),
+        counts = driver.run(planned)
+    except KeyboardInterrupt:
+        stopped = [item.cell.cell_id for item in (*driver.in_flight.values(), *driver.queue)]
+        driver.cancel()
+        print(
+            f"compscale {args.command}: interrupted; {len(stopped)} cells cancelled; "
+            f"resume with: {_resume_command(args, store, stopped)}",
+            file=sys.stderr,
         )
+        return 130
     finally:
         if started_ray or args.address:
             import ray
@@ -219,12 +234,32 @@ def _run(
     return 1 if counts["failed"] or counts["cancelled"] else 0
 
 
+def _runner_flags(args: argparse.Namespace) -> list[str]:
+    """The options a run was given, for a command that continues it (--detach, a resume)."""
+    flags = []
+    for flag in ("address", "cell_fn", "heartbeat_s", "lease_s"):
+        if getattr(args, flag):
+            flags += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return flags
+
+
+def _resume_command(args: argparse.Namespace, store: Store, cancelled: list[str]) -> str:
+    """The command that picks up an interrupted run: the same submit (done cells are skipped,
+    cancelled ones run), or a rerun of the cells it cancelled."""
+    if args.command == "submit":
+        what = ["submit", os.path.abspath(args.spec)]
+    else:
+        what = ["rerun", args.sweep, *(["--cells", *cancelled] if cancelled else ["--failed"])]
+    return shlex.join(["compscale", *what, "--store", store.uri, *_runner_flags(args)])
+
+
 def submit(args: argparse.Namespace) -> int:
     from orchestrator.driver import LEASE_S
     from orchestrator.driver import plan as plan_cells
 
     spec, text, cells = load(args.spec)
-    store = open_store(args)
+    store = open_store(args, must_exist=False)
+    store.create()
     cell_ids = [cell.cell_id for cell in cells]
     if spec.name in store.sweep_names():
         before = set(store.manifest(spec.name))
@@ -242,10 +277,7 @@ def submit(args: argparse.Namespace) -> int:
 def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
     """Start this same submit, without --detach, as a background process that outlives the shell."""
     command = [sys.executable, "-m", "orchestrator.cli", "submit", os.path.abspath(args.spec)]
-    command += ["--store", store.uri]
-    for flag in ("address", "cell_fn", "heartbeat_s", "lease_s"):
-        if getattr(args, flag):
-            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    command += ["--store", store.uri, *_runner_flags(args)]
     local = "://" not in store.uri
     log = Path(store.layout.sweep(name).driver_log) if local else Path(f"{name}-driver.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -319,24 +351,35 @@ def rerun(args: argparse.Namespace) -> int:
 
 def query(args: argparse.Namespace) -> int:
     import duckdb
+    import pyarrow as pa
 
-    from orchestrator.store import VIEWS
+    from orchestrator.store import VIEWS, ReadOnlyQuery, permission_reason
+    from workers.layout import resolve
 
     store = open_store(args)
+    target = resolve(args.parquet, what="--parquet") if args.parquet else None
+    if target is not None and store.contains(target):
+        raise ValueError(f"--parquet: {args.parquet} is inside the store; write it elsewhere")
     try:
-        relation = store.query(args.sql)
+        table = pa.table(store.query(args.sql))  # run here, so errors at run time are one line
+    except duckdb.PermissionException as error:
+        raise ReadOnlyQuery.because(permission_reason(error)) from None
     except duckdb.Error as error:
         views = ", ".join(VIEWS)
         raise ValueError(f"{str(error).splitlines()[0]} (views: {views})") from None
-    if relation is None:
-        return 0
-    if args.parquet:
-        relation.to_parquet(args.parquet)
+    if target is not None:
+        import pyarrow.parquet as pq
+
+        from workers.storage import write_atomic
+
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        write_atomic(target.filesystem, target.root, buffer.getvalue().to_pybytes())
         print(f"wrote {args.parquet}")
     elif args.csv:
-        relation.df().to_csv(sys.stdout, index=False)
+        table.to_pandas().to_csv(sys.stdout, index=False)
     else:
-        frame = relation.df()
+        frame = table.to_pandas()
         _print_table(args.sql, list(frame.columns), frame.values.tolist())
     return 0
 

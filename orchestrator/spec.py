@@ -40,7 +40,7 @@ def canonical_format(text: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # `.inf`, `.nan`
 
 
 # TrainConfig with every field optional and the same bounds: a per-model or per-cell override.

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from workers import storage
 from workers.config import CellConfig
-from workers.layout import EVENT_NAME, LOSS_PART, RESULT, Layout, resolve
+from workers.layout import EVENT_NAME, LOSS_PART, RESULT, Layout, StoreLocation, resolve
 from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 if TYPE_CHECKING:
@@ -48,7 +48,25 @@ STATUS_SCHEMA = pa.schema(
     ]
 )
 
+
+class ReadOnlyQuery(ValueError):
+    """SQL that would write, or read anything but the store's views: refused, one line."""
+
+    @classmethod
+    def because(cls, reason: str) -> ReadOnlyQuery:
+        return cls(
+            f"only reads of the store's views are allowed: {reason}; "
+            "export with --csv or --parquet OUT"
+        )
+
+
 VIEWS = ("cells", "status", "events", "losses_raw", "losses", "results", "sweeps")
+READ_STATEMENTS = {"SELECT", "EXPLAIN"}  # DuckDB statement types that only read
+
+
+def permission_reason(error: Exception) -> str:
+    """DuckDB's refusal of a file or an extension, as a reason in one line."""
+    return str(error).splitlines()[0].removeprefix("Permission Error: ")
 
 
 def utc_stamp(moment: datetime | None = None) -> str:
@@ -93,8 +111,53 @@ class Store:
         self.write_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
 
     def read_json(self, path: str) -> Any:
+        """A JSON file's value; a torn or corrupt one is a ValueError naming the file."""
         with self.fs.open_input_stream(path) as stream:
-            return json.loads(stream.read())
+            data = stream.read()
+        try:
+            return json.loads(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+    def read_event(self, path: str) -> dict[str, Any]:
+        """One status event; anything but an object with a known state names the file."""
+        event = self.read_json(path)
+        if not isinstance(event, dict) or event.get("state") not in STATES:
+            raise ValueError(f"{path}: not a status event (an object with a state in {STATES})")
+        return event
+
+    def check_root(self, must_exist: bool) -> None:
+        """The root must be a folder, and exist where `must_exist` (commands that only read: an
+        empty answer from a mistyped path would read as a fact)."""
+        kind = self.fs.get_file_info(self.root).type
+        if kind == pafs.FileType.File:
+            raise ValueError(f"store {self.uri} is a file, not a folder")
+        if must_exist and kind == pafs.FileType.NotFound:
+            raise FileNotFoundError(
+                f"no store at {self.uri} (give --store or set $COMPSCALE_STORE)"
+            )
+
+    def create(self) -> None:
+        """Create the root if needed and prove it writable with a probe file, so a submit fails
+        in one line before it registers cells or starts Ray."""
+        self.check_root(must_exist=False)
+        probe = f"{self.root}/{storage.TEMP_PREFIX}probe-{os.getpid()}"
+        try:
+            storage.write_atomic(self.fs, probe, b"")
+            self.fs.delete_file(probe)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
+            raise ValueError(f"store {self.uri}: cannot write there ({reason})") from None
+
+    def contains(self, target: StoreLocation) -> bool:
+        """Whether a resolved path (`workers.layout.resolve`) lies inside this store, links
+        resolved, so that an export can be kept from overwriting the files it was read from."""
+        if type(target.filesystem) is not type(self.fs):
+            return False
+        inner, root = target.root, self.root
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            inner, root = os.path.realpath(inner), os.path.realpath(root)
+        return inner == root or inner.startswith(root.rstrip("/") + "/")
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -192,7 +255,7 @@ class Store:
         """The cell's current state: its latest event's, or done if it has none but a result (a
         cell trained outside the orchestrator), else pending."""
         paths = self.events(cell_id)
-        event = self.read_json(paths[-1]) if paths else {}
+        event = self.read_event(paths[-1]) if paths else {}
         state = event.get("state") or ("done" if self.has_result(cell_id) else "pending")
         age = None
         if state == "running":
@@ -211,7 +274,13 @@ class Store:
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
     def connect(self, views: Iterable[str] = VIEWS) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with the named views over this store."""
+        """An in-memory DuckDB connection with the named views over this store, locked read-only.
+
+        The views read Arrow tables and datasets registered first; then external access is
+        turned off and the configuration locked, so no statement on this connection can write a
+        file (COPY, EXPORT, ATTACH), read one past the views (read_csv, glob, a path in FROM),
+        load an extension or turn the lock off again.
+        """
         import duckdb
 
         connection = duckdb.connect()
@@ -228,12 +297,28 @@ class Store:
             table = getattr(self, f"_{view}_relation")()
             connection.register(f"{view}_source", table)
             connection.execute(f"CREATE VIEW {view} AS SELECT * FROM {view}_source")
+        connection.execute("SET enable_external_access = false")
+        connection.execute("SET lock_configuration = true")
         return connection
 
     def query(self, sql: str) -> duckdb.DuckDBPyRelation:
-        """Run SQL over the views it names (only those are built: building one reads the store)."""
+        """Run read-only SQL (SELECT, EXPLAIN) over the views it names (only those are built:
+        building one reads the store). Any other statement, or a read outside the views, raises
+        `ReadOnlyQuery`: stored results are facts, and `compscale query` must not rewrite them."""
+        import duckdb
+
         named = [view for view in VIEWS if re.search(rf"\b{view}\b", sql, re.IGNORECASE)]
-        return self.connect(named).sql(sql)
+        connection = self.connect(named)
+        try:
+            statements = connection.extract_statements(sql)
+            if not statements:
+                raise ValueError("no SQL statement given")
+            for statement in statements:
+                if statement.type.name not in READ_STATEMENTS:
+                    raise ReadOnlyQuery.because(f"{statement.type.name} statements are refused")
+            return connection.sql(sql)
+        except duckdb.PermissionException as error:
+            raise ReadOnlyQuery.because(permission_reason(error)) from None
 
     def cell_ids(self) -> list[str]:
         return self.list_names(self.layout.cells)
@@ -274,7 +359,7 @@ class Store:
         events = []
         for cell_id in self.cell_ids():
             for path in self.events(cell_id):
-                event = self.read_json(path)
+                event = self.read_event(path)
                 events.append(CellStatus(cell_id, event["state"], event["attempt"], event))
         return self._status_table(events)
 

@@ -20,7 +20,9 @@ BYTE_VOCAB = 256
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan pass `gt=0`-style bounds (or fail them with a misleading message) and a run
+    # cannot use them, so every config refuses them by name.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(_Frozen):

@@ -59,11 +59,65 @@ def _bundled_bytes() -> tuple[np.ndarray, str]:
     return tokens, f"{BUNDLED_NAME}:sha256:{meta['sha256'][:16]}"
 
 
+def _train_split(tokens: int, val_fraction: float) -> int:
+    """Where the bundled corpus's validation split starts: its last `val_fraction`."""
+    return int(tokens * (1 - val_fraction))
+
+
 @functools.lru_cache(maxsize=4)
 def _bundled(val_fraction: float) -> TokenSource:
     tokens, fingerprint = _bundled_bytes()
-    split = int(len(tokens) * (1 - val_fraction))
+    split = _train_split(len(tokens), val_fraction)
     return TokenSource(tokens[:split], tokens[split:], 256, f"{fingerprint}:val{val_fraction:g}")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a spec is checked against: the vocabulary and the validation split's length."""
+
+    vocab_size: int
+    val_tokens: int
+
+
+def describe(config: DataConfig) -> DataShape | None:
+    """The data's shape from metadata alone (the bundled corpus's JSON; a shard folder's meta.json
+    and val.bin size), so a spec is checked without reading tokens; None for a remote source,
+    which would cost round trips and credentials to look at. A missing local source raises."""
+    if config.source == "bundled":
+        tokens = json.loads((CORPUS_DIR / f"{BUNDLED_NAME}.json").read_text())["bytes"]
+        return DataShape(256, tokens - _train_split(tokens, config.val_fraction))
+    if "://" in config.source and not config.source.startswith("file://"):
+        return None  # even resolving an s3:// URI asks the network for the bucket's region
+    location = resolve(config.source, what="data.source")
+    filesystem, root = location.filesystem, location.root
+    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"data.source {config.source!r}: no such folder ({root})")
+    meta, dtype = _shard_meta(filesystem, root, config.source)
+    val = _shard_path(filesystem, root, config.source, "val")
+    size = filesystem.get_file_info(val).size
+    return DataShape(int(meta["vocab_size"]), size // np.dtype(dtype).itemsize)
+
+
+def _shard_meta(filesystem: pafs.FileSystem, root: str, uri: str) -> tuple[dict, type]:
+    """A shard folder's meta.json and its token dtype."""
+    meta_path = f"{root}/{SHARD_META}"
+    if not storage.is_file(filesystem, meta_path):
+        raise FileNotFoundError(
+            f"data.source {uri!r}: no {SHARD_META} there "
+            "(make shards with `compscale data prepare TEXT_DIR OUT_DIR`)"
+        )
+    meta = json.loads(storage.read_bytes(filesystem, meta_path))
+    dtype = SHARD_DTYPES.get(meta.get("dtype"))
+    if dtype is None:
+        raise ValueError(f"{meta_path}: dtype must be one of {', '.join(SHARD_DTYPES)}")
+    return meta, dtype
+
+
+def _shard_path(filesystem: pafs.FileSystem, root: str, uri: str, split: str) -> str:
+    path = f"{root}/{split}.bin"
+    if not storage.is_file(filesystem, path):
+        raise FileNotFoundError(f"data.source {uri!r}: {split}.bin is missing")
+    return path
 
 
 def load_shards(uri: str) -> TokenSource:
@@ -73,21 +127,10 @@ def load_shards(uri: str) -> TokenSource:
     """
     location = resolve(uri, what="data.source")
     filesystem, root = location.filesystem, location.root
-    meta_path = f"{root}/{SHARD_META}"
-    if not storage.is_file(filesystem, meta_path):
-        raise FileNotFoundError(
-            f"data source {uri!r}: no {SHARD_META} there "
-            "(make shards with `compscale data prepare TEXT_DIR OUT_DIR`)"
-        )
-    meta = json.loads(storage.read_bytes(filesystem, meta_path))
-    dtype = SHARD_DTYPES.get(meta.get("dtype"))
-    if dtype is None:
-        raise ValueError(f"{meta_path}: dtype must be one of {', '.join(SHARD_DTYPES)}")
+    meta, dtype = _shard_meta(filesystem, root, uri)
     arrays = {}
     for split in ("train", "val"):
-        path = f"{root}/{split}.bin"
-        if not storage.is_file(filesystem, path):
-            raise FileNotFoundError(f"data source {uri!r}: {split}.bin is missing")
+        path = _shard_path(filesystem, root, uri, split)
         if isinstance(filesystem, pafs.LocalFileSystem):
             arrays[split] = np.memmap(path, dtype=dtype, mode="r")
         else:
@@ -151,15 +194,20 @@ def batch_windows(
     return np.asarray(tokens[mine[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
 
 
+def validation_tokens_needed(eval_tokens: int, seq_len: int) -> int:
+    """Validation tokens that `eval_tokens` takes: whole windows of seq_len targets, plus one."""
+    return max(1, eval_tokens // seq_len) * seq_len + 1
+
+
 def validation_windows(
     tokens: np.ndarray, *, eval_tokens: int, seq_len: int, rank: int = 0, world_size: int = 1
 ) -> np.ndarray:
     """This rank's share of the fixed held-out windows covering `eval_tokens` target tokens."""
     count = max(1, eval_tokens // seq_len)
-    if count * seq_len + 1 > len(tokens):
+    if validation_tokens_needed(eval_tokens, seq_len) > len(tokens):
         raise ValueError(
-            f"eval_tokens={eval_tokens} needs {count * seq_len + 1} validation tokens; "
-            f"the split has {len(tokens)}"
+            f"eval_tokens={eval_tokens} needs {validation_tokens_needed(eval_tokens, seq_len)} "
+            f"validation tokens; the split has {len(tokens)}"
         )
     starts = np.arange(count)[rank::world_size] * seq_len
     return np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)

@@ -4,7 +4,9 @@ The loop reads top to bottom: build the model over the cell's representation, re
 latest checkpoint if there is one, then for each step: mask schedule, learning rate, this rank's
 slice of the global batch (a pure function of seed and step), gradient accumulation, clipping,
 AdamW, a loss row, and a checkpoint every `checkpoint_every` steps. Rank 0 writes rows and
-checkpoints.
+checkpoints. A loss that stops being finite raises `Diverged`, found without a device sync per
+step (`_DivergenceWatch`, read every `DIVERGENCE_CHECK_EVERY` steps, at evaluations, before a
+checkpoint and at the end).
 """
 
 from __future__ import annotations
@@ -29,6 +31,35 @@ from workers.distributed import Runtime, close_runtime, init_runtime
 from workers.layout import Layout, resolve
 from workers.model import Transformer
 from workers.sink import LossSink
+
+DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag (one sync each)
+
+
+class Diverged(ValueError):
+    """The training or validation loss stopped being finite: the cell fails (`error_class`
+    Diverged, the step in the message) instead of storing a NaN result. The same config diverges
+    again, so it is a value to change (a learning rate, most often)."""
+
+
+class _DivergenceWatch:
+    """The first step whose training loss is not finite, kept on the device: marking a step
+    costs no host sync; `error` reads it (one sync) only when the loop asks."""
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def mark(self, step: int, loss: torch.Tensor) -> None:
+        new = (self.first_step < 0) & ~torch.isfinite(loss)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.loss = torch.where(new, loss, self.loss)
+
+    def error(self, step: int, val_loss: float | None) -> Diverged | None:
+        if (first := int(self.first_step)) >= 0:
+            return Diverged(f"training loss became {float(self.loss)} at step {first}")
+        if val_loss is not None and not math.isfinite(val_loss):
+            return Diverged(f"validation loss became {val_loss} at step {step}")
+        return None
 
 
 def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict[str, Any]:
@@ -183,6 +214,7 @@ def train(
 
     loop_started = previous = time.perf_counter()
     val_loss = None
+    watch = _DivergenceWatch(runtime.device)
     for step in range(start_step, total_steps):
         torch.manual_seed(step_seed(cell.seed, step))
         sparsity = mask_update(step, total_steps, fmt.sparsity, config.sparsity_ramp_fraction)
@@ -221,6 +253,7 @@ def train(
         if runtime.world_size > 1:
             dist.all_reduce(train_loss)
             train_loss /= runtime.world_size
+        watch.mark(step, train_loss)  # the same on every rank, so every rank stops together
 
         done = step + 1
         evaluated = done == total_steps or bool(config.eval_every and done % config.eval_every == 0)
@@ -242,6 +275,11 @@ def train(
             )
         previous = now
         due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps
+        checked = evaluated or due or done % DIVERGENCE_CHECK_EVERY == 0  # the end is evaluated
+        if checked and (error := watch.error(step, step_val_loss)) is not None:
+            if sink is not None:
+                sink.flush()  # the rows up to the divergence are its evidence
+            raise error
         if due and runtime.is_main:
             sink.flush()  # rows up to a checkpoint are durable, so a resumed run leaves no gap
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
