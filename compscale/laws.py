@@ -306,12 +306,17 @@ class Problem:
 
     def __init__(self, law: Law, obs: Observations, delta: float):
         self.law, self.obs, self.delta = law, obs, delta
+        self._last: tuple[bytes, tuple[np.ndarray, np.ndarray]] | None = None
 
     def log_prediction(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """log predicted loss per cell and the softmax weights of the three LSE terms."""
-        obs = self.obs
-        log_rho = self.law.log_rho(theta[5:], obs)[obs.format_index]
-        return log_loss(theta[:5], obs.log_params + log_rho, obs.log_tokens)
+        """log predicted loss per cell and the softmax weights of the three LSE terms (the last
+        one kept: the optimiser asks for residuals and Jacobian at the same point)."""
+        key = np.asarray(theta, dtype=float).tobytes()
+        if self._last is None or self._last[0] != key:
+            obs = self.obs
+            log_rho = self.law.log_rho(theta[5:], obs)[obs.format_index]
+            self._last = key, log_loss(theta[:5], obs.log_params + log_rho, obs.log_tokens)
+        return self._last[1]
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
         return self.log_prediction(theta)[0] - self.obs.log_loss
