@@ -4,8 +4,12 @@ CSV or Parquet table of (params, tokens, loss[, format]) cells."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -28,10 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--flops-col", default=None, help="column of training FLOP C; tokens are C / (6 N)"
     )
-    parser.add_argument("--loss-col", default="loss", help="column of the loss (nats)")
+    parser.add_argument(
+        "--loss-col",
+        default=None,
+        help="column of the loss (nats); default val_loss when present (as `reduce` uses), "
+        "else loss",
+    )
     parser.add_argument("--format-col", default="format", help="column of the format string")
     parser.add_argument(
-        "--gmse-col", default=None, help="column of GMSE (unified-gmse); else computed per format"
+        "--gmse-col",
+        default=None,
+        help="column of GMSE (unified-gmse): one part per format, of the family the format's "
+        "grammar gives (quantization when it does not parse); else every part's GMSE computed "
+        "from the grammar (weights, activations, sparsity)",
     )
     parser.add_argument("--dense", default="dense", help="name of the dense reference format")
     parser.add_argument(
@@ -44,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
     parser.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--jobs", type=int, default=0, help="processes for the bootstrap (default: every core)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -73,7 +89,15 @@ def run(args: argparse.Namespace) -> int:
 
     path = Path(args.table)
     table = _read_table(path)
-    loss_name = _column(table, path, args.loss_col, "--loss-col").name
+    if table.empty:
+        raise ValueError(f"{path}: no rows (only a header?); nothing to fit")
+    loss_col = args.loss_col or ("val_loss" if "val_loss" in table.columns else "loss")
+    loss_name = _column(table, path, loss_col, "--loss-col").name
+    if not 0 <= args.drop_highest_loss < len(table):
+        raise ValueError(
+            f"--drop-highest-loss: must be in [0, {len(table) - 1}] for {len(table)} rows, "
+            f"got {args.drop_highest_loss}"
+        )
     if args.drop_highest_loss:
         table = table.sort_values(loss_name).iloc[: -args.drop_highest_loss]
     params = _column(table, path, args.params_col, "--params-col").to_numpy(dtype=float)
@@ -85,21 +109,24 @@ def run(args: argparse.Namespace) -> int:
     formats = None
     if args.law != "chinchilla" or args.format_col in table.columns:
         formats = _column(table, path, args.format_col, "--format-col").astype(str).tolist()
-    gmse = None
-    if args.law == "unified-gmse":
-        gmse = _gmse_of_formats(table, path, args, formats)
-    result = laws.fit(
-        params,
-        tokens,
-        table[loss_name].to_numpy(dtype=float),
-        formats,
-        law=args.law,
-        gmse=gmse,
-        dense=args.dense,
-        delta=args.delta,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-    )
+    parts = None
+    if args.law == "unified-gmse" and args.gmse_col:
+        parts = _parts_from_column(table, path, args, formats)
+    with fit_progress() as progress:
+        result = laws.fit(
+            params,
+            tokens,
+            table[loss_name].to_numpy(dtype=float),
+            formats,
+            law=args.law,
+            parts=parts,
+            dense=args.dense,
+            delta=args.delta,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            jobs=args.jobs or os.cpu_count() or 1,
+            progress=progress,
+        )
     if args.json:
         print(json.dumps(as_json(result), indent=2))
     else:
@@ -108,19 +135,57 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gmse_of_formats(table, path: Path, args: argparse.Namespace, formats: list[str]) -> dict:
-    names = sorted(set(formats) - {args.dense})
-    if args.gmse_col:
-        values = _column(table, path, args.gmse_col, "--gmse-col")
-        by_format = values.groupby(table[args.format_col].astype(str)).first()
-        return {name: float(by_format[name]) for name in names}
-    from compscale.gmse import gmse
+def _parts_from_column(table, path: Path, args: argparse.Namespace, formats: list[str]) -> dict:
+    """One part per format from the GMSE column; its family from the grammar when it parses."""
+    from compscale.formats import parse
 
-    return {name: gmse(name) for name in names}
+    values = _column(table, path, args.gmse_col, "--gmse-col")
+    by_format = values.groupby(table[args.format_col].astype(str)).first()
+    parts = {}
+    for name in sorted(set(formats) - {args.dense}):
+        try:
+            components = parse(name).components()
+            family = components[0].family if len(components) == 1 else "quantization"
+        except ValueError:
+            family = "quantization"
+        parts[name] = ((family, float(by_format[name])),)
+    return parts
+
+
+@contextlib.contextmanager
+def fit_progress(after_s: float = 2.0) -> Iterator[Callable[..., None]]:
+    """A progress callback (`done, total` or `stage, done, total`) that shows a rich bar on
+    stderr once the work has taken `after_s` seconds: short fits stay silent."""
+    from rich.progress import Progress
+
+    started = time.monotonic()
+    bar: Progress | None = None
+    tasks: dict[str, int] = {}
+
+    def report(*args: object) -> None:
+        nonlocal bar
+        stage, done, total = args if len(args) == 3 else ("bootstrap", *args)
+        if bar is None:
+            if time.monotonic() - started < after_s:
+                return
+            bar = Progress(console=Console(stderr=True), transient=True)
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(f"{stage} resamples", total=total)
+        bar.update(tasks[stage], completed=done)
+
+    from rich.console import Console
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def as_json(result) -> dict:
-    """The `--json` object: A, alpha, B, beta, E (and L, F, C), rho, ci, fit_error, warnings."""
+    """The `--json` object: A, alpha, B, beta, E (and L, F, C), rho, ci, notes (parameters at a
+    bound or not identified, and why), fitted (the law to predict with), fit_error, warnings."""
 
     def number(value: float) -> float | None:
         return None if math.isnan(value) else value
@@ -139,6 +204,8 @@ def as_json(result) -> dict:
         "huber_delta": result.delta,
         "cells": len(result.residuals),
         "bootstrap": result.bootstrap,
+        "notes": dict(result.notes),
+        "fitted": result.fitted.to_dict(),
         "warnings": list(result.warnings),
     }
     return document

@@ -73,7 +73,8 @@ def _law_predicts(reduction: Reduction) -> Finding:
 
 
 def _order_follows_gmse(reduction: Reduction) -> Finding:
-    compressed = reduction.rho[reduction.rho["effective_bits"].apply(np.isfinite)]
+    rho = reduction.rho
+    compressed = rho[rho["effective_bits"].apply(np.isfinite) & rho["rho"].notna()]
     if len(compressed) < 3:
         return Finding(
             claim="Capacity rho falls as GMSE rises",

@@ -17,6 +17,7 @@ per-row op as for weights, so its GMSE on N(0, 1) data is that format's GMSE).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -144,3 +145,14 @@ def components(
             ComponentGMSE(part.tensor, part.family, str(part.format), value.gmse, value.stderr)
         )
     return tuple(parts)
+
+
+def parts_of(name: str) -> tuple[tuple[str, float], ...]:
+    """A format's (family, GMSE) parts, what the capacity law multiplies over; cached, since a fit
+    asks for the same formats again and again."""
+    return _parts_of(str(parse(name)))
+
+
+@functools.lru_cache(maxsize=512)
+def _parts_of(name: str) -> tuple[tuple[str, float], ...]:
+    return tuple((part.family, part.gmse) for part in components(name))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -148,6 +148,10 @@ class Law:
         """Extra parameters in natural units, in `extra_names()` order."""
         return np.zeros(0)
 
+    def extra_columns(self, obs: Observations) -> list[str]:
+        """The reported column each extra fit coordinate sets (for bounds and profiles)."""
+        return list(self.extra_names())
+
 
 class ChinchillaLaw(Law):
     """L = A N^-alpha + B D^-beta + E; every cell is the same (dense) representation."""
@@ -186,59 +190,86 @@ class UnifiedLaw(Law):
     def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
         return np.vstack([np.zeros(len(extra)), np.diag(capacity.log_rho_of_u_grad(extra))])
 
+    def extra_columns(self, obs: Observations) -> list[str]:
+        return [f"rho[{name}]" for name in obs.formats[1:]]
+
 
 @dataclass
 class UnifiedGmseLaw(Law):
-    """The unified law with rho = L tanh(F b)^C, b = log_{1/4}(GMSE) the format's effective bits.
+    """The unified law whose capacities follow the capacity law per part of each format:
+    rho(format) = prod over its parts (weight sparsity, weight quantization, activation
+    quantization) of L tanh(F b)^C, b = log_{1/4}(GMSE of the part), with one L, F, C per
+    compression family (or one shared set; `capacity.parameter_groups`).
 
-    Dense keeps rho = 1 (it fixes A's units); L is the capacity compressed formats approach as their
-    GMSE goes to 0, F and C shape the approach. A format never trained is predicted from its GMSE.
+    Dense keeps rho = 1 (it fixes A's units); L is the capacity a part approaches as its GMSE goes
+    to 0, F and C shape the approach. A format never trained is predicted from its parts' GMSEs.
     """
 
-    gmse: Mapping[str, float] = field(default_factory=dict)
+    parts: Mapping[str, Sequence[capacity.Part]] = field(default_factory=dict)
     dense: str = DENSE
     name = "unified-gmse"
+    groups: tuple[str, ...] = ()
+    _table: capacity.PartTable | None = None
+    _formats: tuple[str, ...] = ()
 
     def extra_names(self) -> tuple[str, ...]:
-        return ("L", "F", "C")
+        return capacity.parameter_names(self.groups)
 
     def check(self, obs: Observations) -> None:
         _check_formats(obs, self.dense, self.name)
-        missing = [name for name in obs.formats if name != self.dense and name not in self.gmse]
+        compressed = [name for name in obs.formats if name != self.dense]
+        missing = [name for name in compressed if not self.parts.get(name)]
         if missing:
             raise ValueError(f"gmse: no GMSE for format(s) {', '.join(missing)}")
-        for name in obs.formats:
-            if name != self.dense and not 0 < self.gmse[name] < 1:
-                raise ValueError(f"gmse: {name} has GMSE {self.gmse[name]!r}; need 0 < GMSE < 1")
-        distinct = {self.gmse[name] for name in obs.formats if name != self.dense}
-        if len(distinct) < 3:
-            raise ValueError("format: the unified-gmse law needs >= 3 formats of distinct GMSE")
+        for name in compressed:
+            for family, gmse in self.parts[name]:
+                if not 0 < gmse < 1:
+                    raise ValueError(
+                        f"gmse: {name} has a {family} part of GMSE {gmse!r}; need 0 < GMSE < 1"
+                    )
+        distinct = {gmse for name in compressed for _, gmse in self.parts[name]}
+        if len(distinct) < capacity.MIN_DISTINCT_GMSE:
+            raise ValueError(
+                f"format: the unified-gmse law needs parts of >= {capacity.MIN_DISTINCT_GMSE} "
+                f"distinct GMSEs, got {len(distinct)}"
+            )
+        self.groups = capacity.parameter_groups(self.parts[name] for name in compressed)
+        self._table = None
 
-    def bits(self, obs: Observations) -> np.ndarray:
-        gmse = np.array([0.0] + [self.gmse[name] for name in obs.formats[1:]])
-        return capacity.capped_bits(gmse)
+    def table(self, obs: Observations) -> capacity.PartTable:
+        """The parts of `obs.formats` (dense has none), built once per format list."""
+        if self._table is None or self._formats != obs.formats:
+            parts = [() if name == self.dense else self.parts[name] for name in obs.formats]
+            self._table = capacity.PartTable.build(parts, self.groups)
+            self._formats = obs.formats
+        return self._table
 
     def extra_starts(self) -> list[np.ndarray]:
-        starts = []
-        for cap, slope, power in itertools.product((0.9,), (0.3, 1.0), (0.5, 2.0)):
-            starts.append(np.array([capacity.u_of_rho(cap), math.log(slope), math.log(power)]))
-        return starts
+        return [
+            np.tile(capacity.z_of_params((cap, slope, power)), len(self.groups))
+            for cap, slope, power in itertools.product((1.0,), (0.3, 1.0), (0.5, 2.0))
+        ]
 
     def extra_bounds(self) -> list[tuple[float, float]]:
-        return [U_BOUNDS, (-10.0, 5.0), (-10.0, 5.0)]
+        return list(capacity.Z_BOUNDS) * len(self.groups)
 
     def log_rho(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        values = capacity.log_tanh_law(extra, self.bits(obs))
-        values[0] = 0.0
-        return values
+        return self.table(obs).log_rho(extra)
 
     def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
-        jac = capacity.log_tanh_law_jac(extra, self.bits(obs))
-        jac[0] = 0.0
-        return jac
+        return self.table(obs).log_rho_jac(extra)
 
     def extra_values(self, extra: np.ndarray) -> np.ndarray:
-        return np.array(capacity.tanh_law_params(extra))
+        return np.exp(extra)
+
+    def capacity_law(self, extra: np.ndarray) -> capacity.CapacityLaw:
+        values = np.exp(extra)
+        return capacity.CapacityLaw(
+            {
+                g: tuple(float(v) for v in values[3 * i : 3 * i + 3])
+                for i, g in enumerate(self.groups)
+            }
+        )
 
 
 def _check_formats(obs: Observations, dense: str, law: str) -> None:
@@ -275,12 +306,17 @@ class Problem:
 
     def __init__(self, law: Law, obs: Observations, delta: float):
         self.law, self.obs, self.delta = law, obs, delta
+        self._last: tuple[bytes, tuple[np.ndarray, np.ndarray]] | None = None
 
     def log_prediction(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """log predicted loss per cell and the softmax weights of the three LSE terms."""
-        obs = self.obs
-        log_rho = self.law.log_rho(theta[5:], obs)[obs.format_index]
-        return log_loss(theta[:5], obs.log_params + log_rho, obs.log_tokens)
+        """log predicted loss per cell and the softmax weights of the three LSE terms (the last
+        one kept: the optimiser asks for residuals and Jacobian at the same point)."""
+        key = np.asarray(theta, dtype=float).tobytes()
+        if self._last is None or self._last[0] != key:
+            obs = self.obs
+            log_rho = self.law.log_rho(theta[5:], obs)[obs.format_index]
+            self._last = key, log_loss(theta[:5], obs.log_params + log_rho, obs.log_tokens)
+        return self._last[1]
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
         return self.log_prediction(theta)[0] - self.obs.log_loss
@@ -315,8 +351,16 @@ class Problem:
         log_pred, _ = log_loss(starts.T[:, :, None], log_n_rho, obs.log_tokens)
         return huber(log_pred - obs.log_loss, self.delta).sum(axis=1)
 
-    def polish(self, theta: np.ndarray, method: str = "trf") -> tuple[np.ndarray, float]:
-        """Local minimum from `theta`: trust-region Huber least squares or L-BFGS-B."""
+    def polish(
+        self, theta: np.ndarray, method: str = "trf", tol: float = 1e-8
+    ) -> tuple[np.ndarray, float]:
+        """Local minimum from `theta` of the Huber objective.
+
+        `trf` (default): scipy's trust-region Huber least squares (loss="huber", f_scale=delta,
+        analytic Jacobian) with the parameters scaled by the Jacobian's columns: unscaled, it
+        crawls along Huber's kinks for hundreds of Jacobians a start and stops at its evaluation
+        cap. `lbfgs`: Besiroglu et al.'s L-BFGS-B. `benchmarks/fit_speed.py` compares them.
+        """
         lower, upper = self.bounds()
         theta = np.clip(theta, lower, upper)
         if method == "trf":
@@ -325,11 +369,12 @@ class Problem:
                 theta,
                 jac=self.jacobian,
                 bounds=(lower, upper),
+                x_scale="jac",
                 loss="huber",
                 f_scale=self.delta,
-                xtol=1e-12,
-                ftol=1e-12,
-                gtol=1e-12,
+                xtol=tol,
+                ftol=tol,
+                gtol=tol,
                 max_nfev=2000,
             )
         elif method == "lbfgs":
@@ -344,6 +389,33 @@ class Problem:
         else:
             raise ValueError(f"method: unknown optimiser {method!r}; choose trf or lbfgs")
         return result.x, self.objective(result.x)
+
+    def profile(self, theta: np.ndarray, index: int, value: float) -> tuple[np.ndarray, float]:
+        """The best objective with coordinate `index` held at `value`, the others re-fitted from
+        `theta` (one point of a profile likelihood)."""
+        lower, upper = self.bounds()
+        free = np.arange(len(theta)) != index
+
+        def full(x: np.ndarray) -> np.ndarray:
+            out = np.array(theta, dtype=float)
+            out[free], out[index] = x, value
+            return out
+
+        result = least_squares(
+            lambda x: self.residuals(full(x)),
+            np.clip(theta[free], lower[free], upper[free]),
+            jac=lambda x: self.jacobian(full(x))[:, free],
+            bounds=(lower[free], upper[free]),
+            x_scale="jac",
+            loss="huber",
+            f_scale=self.delta,
+            xtol=1e-8,
+            ftol=1e-8,
+            gtol=1e-8,
+            max_nfev=2000,
+        )
+        theta_out = full(result.x)
+        return theta_out, self.objective(theta_out)
 
 
 def huber(residual: np.ndarray, delta: float) -> np.ndarray:
@@ -362,8 +434,9 @@ class FittedLaw:
     """A fitted law as a value: enough to predict any cell's loss, serialisable to JSON.
 
     `rho` holds the fitted capacity of every fitted format (empty for chinchilla, whose cells are
-    all one representation); `L`, `F`, `C` are the capacity law's, when known, and predict the rho
-    of a format that was not fitted from its entry in `gmse`.
+    all one representation). `capacity` (parameter group -> [L, F, C]) is the capacity law, when
+    known, and `parts` (format -> its [family, GMSE] parts) lets it predict the rho of a format
+    that was not fitted: the product over its parts of L tanh(F log_1/4 GMSE)^C.
     """
 
     law: str
@@ -373,26 +446,36 @@ class FittedLaw:
     beta: float
     E: float
     rho: dict[str, float] = field(default_factory=dict)
-    L: float | None = None
-    F: float | None = None
-    C: float | None = None
-    gmse: dict[str, float] = field(default_factory=dict)
+    capacity: dict[str, list[float]] = field(default_factory=dict)
+    parts: dict[str, list[list]] = field(default_factory=dict)
     dense: str = DENSE
 
     @property
+    def capacity_law(self) -> capacity.CapacityLaw | None:
+        if not self.capacity:
+            return None
+        return capacity.CapacityLaw({g: tuple(v) for g, v in self.capacity.items()})
+
+    @property
     def params(self) -> dict[str, float]:
-        """A, alpha, B, beta, E, then L, F, C when known."""
-        names = BASE_NAMES + (("L", "F", "C") if self.L is not None else ())
-        return {name: getattr(self, name) for name in names}
+        """A, alpha, B, beta, E, then the capacity law's L, F, C when it is part of the law."""
+        values = {name: getattr(self, name) for name in BASE_NAMES}
+        if self.law == "unified-gmse":
+            names = capacity.parameter_names(tuple(self.capacity))
+            values |= dict(
+                zip(names, (v for lfc in self.capacity.values() for v in lfc), strict=True)
+            )
+        return values
 
     def rho_of(self, name: str) -> float:
-        """Capacity of a format: fitted, else predicted from its GMSE by the capacity law."""
+        """Capacity of a format: fitted, else predicted from its parts by the capacity law."""
         if name in self.rho:
             return self.rho[name]
         if name == self.dense or not self.rho:
             return 1.0
-        if name in self.gmse and self.L is not None:
-            return float(capacity.capacity(self.gmse[name], self.L, self.F, self.C))
+        law = self.capacity_law
+        if name in self.parts and law is not None:
+            return law.rho([(family, gmse) for family, gmse in self.parts[name]])
         raise ValueError(f"format: {name!r} was not fitted and has no GMSE to predict its rho")
 
     def predict(
@@ -418,10 +501,17 @@ class FittedLaw:
 
 @dataclass(frozen=True)
 class FitResult:
-    """A fit: the fitted law, bootstrap CIs and diagnostics (never prints)."""
+    """A fit: the fitted law, 95% intervals and diagnostics (never prints).
+
+    `ci` holds the bootstrap percentile interval of each parameter, or, for a parameter at a
+    bound of the fit (`notes` says which), its profile interval: the values whose best objective
+    stays within PROFILE_TOLERANCE of the optimum. `notes` names every parameter that sits at a
+    bound or is not identified, with why; such a parameter's value is no measurement.
+    """
 
     fitted: FittedLaw
     ci: dict[str, tuple[float, float]]
+    notes: dict[str, str]
     objective: float
     residuals: np.ndarray
     fit_error: dict[str, float]
@@ -429,6 +519,8 @@ class FitResult:
     bootstrap: int
     bootstrap_samples: np.ndarray
     delta: float
+    theta: np.ndarray = field(repr=False)  # the optimum in fit coordinates (warm starts)
+    runner_up: np.ndarray | None = field(default=None, repr=False)  # a distinct second minimum
 
     @property
     def law(self) -> str:
@@ -447,6 +539,9 @@ class FitResult:
         """Names of the columns of `bootstrap_samples`: parameters, then rho of every format."""
         return (*self.params, *(f"rho[{name}]" for name in self.rho))
 
+    def identified(self, name: str) -> bool:
+        return not self.notes.get(name, "").startswith(NOT_IDENTIFIED)
+
     def predict(
         self, params: Sequence[float], tokens: Sequence[float], formats: Sequence[str] | None = None
     ) -> np.ndarray:
@@ -458,13 +553,17 @@ class FitResult:
     def summary(self) -> str:
         lines = [
             f"{self.law} law, Huber delta {self.delta:g} on log loss, {len(self.residuals)} cells, "
-            f"{self.bootstrap} bootstrap resamples (95% percentile CI)",
+            f"{self.bootstrap} bootstrap resamples (95% percentile CI; profile at a bound)",
             f"{'parameter':<24}{'value':>12}{'ci low':>12}{'ci high':>12}",
         ]
         rows = list(self.params.items()) + [(f"rho[{k}]", v) for k, v in self.rho.items()]
         for name, value in rows:
+            if not self.identified(name):
+                lines.append(f"{name:<24}  {self.notes[name]}")
+                continue
             low, high = self.ci.get(name, (math.nan, math.nan))
-            lines.append(f"{name:<24}{value:>12.5g}{low:>12.5g}{high:>12.5g}")
+            note = f"  {self.notes[name]}" if name in self.notes else ""
+            lines.append(f"{name:<24}{value:>12.5g}{low:>12.5g}{high:>12.5g}{note}")
         lines.append(
             f"objective {self.objective:.6g}; fit error: RMSE of log loss "
             f"{self.fit_error['rmse_log_loss']:.4g}, mean |pred/obs - 1| "
@@ -475,7 +574,10 @@ class FitResult:
 
 
 def make_law(
-    name: str, obs: Observations, gmse: Mapping[str, float] | None = None, dense: str = DENSE
+    name: str,
+    obs: Observations,
+    parts: Mapping[str, Sequence[capacity.Part]] | None = None,
+    dense: str = DENSE,
 ) -> Law:
     """Build the law `name` ('chinchilla', 'unified' or 'unified-gmse') for these cells."""
     if name == "chinchilla":
@@ -483,7 +585,7 @@ def make_law(
     if name == "unified":
         return UnifiedLaw(formats=obs.formats, dense=dense)
     if name == "unified-gmse":
-        return UnifiedGmseLaw(gmse=dict(gmse or {}), dense=dense)
+        return UnifiedGmseLaw(parts=dict(parts or {}), dense=dense)
     raise ValueError(f"law: unknown law {name!r}; choose chinchilla, unified or unified-gmse")
 
 
@@ -514,14 +616,15 @@ def _local_minima(problem: Problem, top_starts: int, method: str) -> list[tuple[
     return found
 
 
-def _distinct_runner_up(found: list[tuple[float, np.ndarray]]) -> tuple[float, np.ndarray] | None:
-    """The best local minimum whose (alpha, e) differ visibly from the best one's."""
-    best = found[0][1]
+def _distinct_runner_up(
+    problem: Problem, found: list[tuple[float, np.ndarray]]
+) -> tuple[float, np.ndarray] | None:
+    """The best local minimum that is a different fit: one whose predictions differ from the best
+    one's by more than delta on some cell. Minima that predict the same losses are one minimum
+    (they differ only along a flat direction, which the intervals report)."""
+    best = problem.log_prediction(found[0][1])[0]
     for value, theta in found[1:]:
-        if (
-            abs(theta[1] - best[1]) > 0.02 * max(abs(best[1]), 1e-3)
-            or abs(theta[4] - best[4]) > 0.05
-        ):
+        if np.max(np.abs(problem.log_prediction(theta)[0] - best)) > problem.delta:
             return value, theta
     return None
 
@@ -546,6 +649,27 @@ def _bootstrap_rows(obs: Observations, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(parts)
 
 
+# Identification. A parameter at a bound of the fit (moving it onto the bound changes no
+# predicted log loss by more than BOUND_TOLERANCE x delta: E ~ 0, a rho ~ 1) is reported with
+# its profile interval: the values whose best objective is within
+# PROFILE_TOLERANCE (relative) of the optimum. Alpha below ALPHA_FLOOR means loss does not fall
+# with N in the cells, so A, alpha and every capacity lose their meaning; any other parameter
+# whose interval is wider than WIDTH_FACTOR times its value is not identified either.
+BOUND_TOLERANCE = 0.1
+PROFILE_TOLERANCE = 0.05
+ALPHA_FLOOR = 0.02
+WIDTH_FACTOR = 10.0
+NOT_IDENTIFIED = "not identified"
+PROFILE_STEPS = 12
+PROFILE_BISECTIONS = 6
+
+
+def _canonical_order(obs: Observations) -> np.ndarray:
+    """Rows sorted by (format, N, D, loss): fits, bootstraps and their seeds then do not depend
+    on the order a table lists its cells in, so `fit` and `reduce` agree on the same rows."""
+    return np.lexsort((obs.log_loss, obs.log_tokens, obs.log_params, obs.format_index))
+
+
 def fit(
     params: Sequence[float],
     tokens: Sequence[float],
@@ -553,7 +677,7 @@ def fit(
     formats: Sequence[str] | None = None,
     *,
     law: str = "chinchilla",
-    gmse: Mapping[str, float] | None = None,
+    parts: Mapping[str, Sequence[capacity.Part]] | None = None,
     dense: str = DENSE,
     delta: float = 1e-3,
     bootstrap: int = 200,
@@ -561,16 +685,31 @@ def fit(
     top_starts: int = 8,
     method: str = "trf",
     unidentified_width: float = 1.0,
+    warm_starts: Sequence[np.ndarray] | None = None,
+    jobs: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FitResult:
-    """Fit `law` to cells (N parameters, D tokens, loss in nats) and bootstrap its CIs.
+    """Fit `law` to cells (N parameters, D tokens, loss in nats) and bootstrap its intervals.
 
     `top_starts`: how many of the 7776 grid starts (ranked by their objective, per start of the
     law's extra parameters) are polished by `method`; the best two with E near 0 and with
-    alpha <= 0.2 are always polished too. A parameter whose CI is wider than `unidentified_width`
-    times its value is reported in `warnings` as not identified.
+    alpha <= 0.2 are always polished too. `warm_starts` (fit coordinates, e.g. another fit's
+    `theta` on overlapping cells) replace the grid. `parts` (unified-gmse): each compressed
+    format's (family, GMSE) parts; by default from the format grammar (`compscale.gmse.parts_of`).
+    Each bootstrap resample is polished from the optimum and from the best distinct runner-up
+    minimum (the runner-up basin wins a tenth of cpu-mini's resamples), in `jobs` processes;
+    `progress(done, total)` hears of each. A parameter whose CI is wider than
+    `unidentified_width` times its value is reported in `warnings` as weakly identified; see
+    `FitResult.notes` for the stronger verdicts.
     """
     obs = observations(params, tokens, loss, formats)
-    law_object = make_law(law, obs, gmse, dense)
+    order = _canonical_order(obs)
+    obs = obs.take(order)
+    if law == "unified-gmse" and parts is None:
+        from compscale.gmse import parts_of
+
+        parts = {name: parts_of(name) for name in obs.formats if name != dense}
+    law_object = make_law(law, obs, parts, dense)
     law_object.check(obs)
     n_internal = 5 + len(law_object.extra_bounds())
     if len(obs) <= n_internal:
@@ -581,89 +720,243 @@ def fit(
     if delta <= 0:
         raise ValueError(f"delta: must be positive, got {delta}")
     problem = Problem(law_object, obs, delta)
-    found = _local_minima(problem, top_starts, method)
+    if warm_starts is not None:
+        found = sorted(
+            (item[1], item[0]) for item in (problem.polish(x, method) for x in warm_starts)
+        )
+        found = [(value, theta) for value, theta in found if np.isfinite(value)]
+    else:
+        found = _local_minima(problem, top_starts, method)
     if not found:
         raise ValueError("fit: every start diverged; check that losses are in nats and positive")
     objective, theta = found[0]
-    runner_up = _distinct_runner_up(found)
+    runner_up = _distinct_runner_up(problem, found)
     with_rho = law != "chinchilla"
     names = [*BASE_NAMES, *law_object.extra_names()]
     columns = names + ([f"rho[{name}]" for name in obs.formats] if with_rho else [])
     estimate = _natural(law_object, theta, obs, with_rho)
 
     rng = np.random.default_rng(seed)
-    warm = [theta] + ([runner_up[1]] if runner_up else [])
+    resamples = [_bootstrap_rows(obs, rng) for _ in range(bootstrap)]
+    warm = [theta] + ([runner_up[1]] if runner_up is not None else [])
+    task = _Resampler(law_object, obs, delta, warm, method, with_rho)
     samples = np.empty((bootstrap, len(columns)))
-    for i in range(bootstrap):
-        resample = Problem(law_object, obs.take(_bootstrap_rows(obs, rng)), delta)
-        best, _ = min((resample.polish(x, method) for x in warm), key=lambda item: item[1])
-        samples[i] = _natural(law_object, best, obs, with_rho)
+    for i, row in enumerate(_map(task, resamples, jobs, progress)):
+        samples[i] = row
     ci = {}
     if bootstrap:
         low, high = np.percentile(samples, [2.5, 97.5], axis=0)
         ci = {name: (float(lo), float(hi)) for name, lo, hi in zip(columns, low, high, strict=True)}
 
     log_pred, _ = problem.log_prediction(theta)
-    residuals = log_pred - obs.log_loss
+    residuals = np.empty(len(obs))
+    residuals[order] = log_pred - obs.log_loss  # back in the caller's row order
     fit_error = {
         "rmse_log_loss": float(np.sqrt(np.mean(residuals**2))),
         "mean_abs_rel_error": float(np.mean(np.abs(np.expm1(residuals)))),
     }
-    params_out = {name: float(v) for name, v in zip(names, estimate, strict=False)}
-    rho_out = (
-        {name: float(v) for name, v in zip(obs.formats, estimate[len(names) :], strict=True)}
-        if with_rho
-        else {}
+    values = dict(zip(columns, (float(v) for v in estimate), strict=True))
+    notes = _at_bounds(problem, theta, objective, columns, ci, with_rho)
+    notes |= _unidentified(values, ci, notes)
+    fitted = FittedLaw(
+        law,
+        *(values[name] for name in BASE_NAMES),
+        rho={name: values[f"rho[{name}]"] for name in obs.formats} if with_rho else {},
+        capacity=(
+            {g: list(v) for g, v in law_object.capacity_law(theta[5:]).params.items()}
+            if isinstance(law_object, UnifiedGmseLaw)
+            else {}
+        ),
+        parts={name: [list(p) for p in value] for name, value in (parts or {}).items()},
+        dense=dense,
     )
-    known_gmse = {name: float(value) for name, value in (gmse or {}).items()}
-    fitted = FittedLaw(law, **params_out, rho=rho_out, gmse=known_gmse, dense=dense)
+    warnings = _warnings(
+        values, ci, notes, problem, runner_up, objective, unidentified_width, dense
+    )
     return FitResult(
         fitted=fitted,
         ci=ci,
+        notes=notes,
         objective=objective,
         residuals=residuals,
         fit_error=fit_error,
-        warnings=tuple(
-            _warnings(
-                params_out, rho_out, ci, theta, runner_up, objective, unidentified_width, dense
-            )
-        ),
+        warnings=tuple(warnings),
         bootstrap=bootstrap,
         bootstrap_samples=samples,
         delta=delta,
+        theta=theta,
+        runner_up=None if runner_up is None else runner_up[1],
     )
 
 
-def _warnings(
-    params: dict[str, float],
-    rho: dict[str, float],
-    ci: dict[str, tuple[float, float]],
+@dataclass(frozen=True)
+class _Resampler:
+    """One bootstrap resample's fit, as a picklable callable for a process pool."""
+
+    law: Law
+    obs: Observations
+    delta: float
+    warm: list[np.ndarray]
+    method: str
+    with_rho: bool
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        resample = Problem(self.law, self.obs.take(rows), self.delta)
+        best, _ = min((resample.polish(x, self.method) for x in self.warm), key=lambda r: r[1])
+        return _natural(self.law, best, self.obs, self.with_rho)
+
+
+def _map(
+    task: Callable[[np.ndarray], np.ndarray],
+    items: list[np.ndarray],
+    jobs: int,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[np.ndarray]:
+    """task over items in order, in `jobs` spawned processes when more than one (spawned, not
+    forked: the caller may hold torch or Ray threads)."""
+    if jobs <= 1 or len(items) < 2 * jobs:
+        results: Iterable[np.ndarray] = map(task, items)
+        pool = None
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(task, items, chunksize=max(1, len(items) // (8 * jobs)))
+    try:
+        for done, result in enumerate(results, 1):
+            if progress is not None:
+                progress(done, len(items))
+            yield result
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _column_of(problem: Problem, index: int, columns: list[str]) -> str | None:
+    """The reported column that fit coordinate `index` sets (None: not reported)."""
+    if index < 5:
+        return BASE_NAMES[index]
+    name = problem.law.extra_columns(problem.obs)[index - 5]
+    return name if name in columns else None
+
+
+def _at_bounds(
+    problem: Problem,
     theta: np.ndarray,
+    objective: float,
+    columns: list[str],
+    ci: dict[str, tuple[float, float]],
+    with_rho: bool,
+) -> dict[str, str]:
+    """Notes for parameters at a bound; their `ci` entry becomes the profile interval."""
+    lower, upper = problem.bounds()
+    law, obs = problem.law, problem.obs
+    log_pred = problem.log_prediction(theta)[0]
+    notes = {}
+    for index, value in enumerate(theta):
+        nearest = lower[index] if value - lower[index] <= upper[index] - value else upper[index]
+        moved = np.array(theta, dtype=float)
+        moved[index] = nearest
+        shift = np.max(np.abs(problem.log_prediction(moved)[0] - log_pred))
+        at_bound = shift <= BOUND_TOLERANCE * problem.delta
+        name = _column_of(problem, index, columns)
+        if not at_bound or name is None:
+            continue
+        column = columns.index(name)
+        ends = []
+        for end in (value, *_profile_interval(problem, theta, index, objective)):
+            moved = np.array(theta, dtype=float)
+            moved[index] = end
+            ends.append(float(_natural(law, moved, obs, with_rho)[column]))
+        ci[name] = (min(ends[1:]), max(ends[1:]))
+        notes[name] = (
+            f"at a bound of the fit ({name} = {ends[0]:.3g}); interval: the profile likelihood "
+            f"(objective within {PROFILE_TOLERANCE:.0%} of the optimum)"
+        )
+    return notes
+
+
+def _profile_interval(
+    problem: Problem, theta: np.ndarray, index: int, objective: float
+) -> tuple[float, float]:
+    """The range of coordinate `index` (fit units) whose profile objective stays within
+    PROFILE_TOLERANCE of `objective`: walked out from the optimum in steps to each bound, the
+    crossing refined by bisection."""
+    lower, upper = problem.bounds()
+    limit = objective * (1 + PROFILE_TOLERANCE) + 1e-15
+    ends = []
+    for bound in (lower[index], upper[index]):
+        inside, start = theta[index], theta
+        outside = None
+        for value in np.linspace(theta[index], bound, PROFILE_STEPS + 1)[1:]:
+            moved, value_objective = problem.profile(start, index, value)
+            if value_objective > limit:
+                outside = value
+                break
+            inside, start = value, moved
+        if outside is not None:
+            for _ in range(PROFILE_BISECTIONS):
+                middle = 0.5 * (inside + outside)
+                moved, value_objective = problem.profile(start, index, middle)
+                if value_objective > limit:
+                    outside = middle
+                else:
+                    inside, start = middle, moved
+        ends.append(inside)
+    return ends[0], ends[1]
+
+
+def _unidentified(
+    values: dict[str, float], ci: dict[str, tuple[float, float]], notes: dict[str, str]
+) -> dict[str, str]:
+    """Notes for parameters the cells do not determine, saying why."""
+    out = {}
+    alpha = values["alpha"]
+    if alpha < ALPHA_FLOOR:
+        why = (
+            f"{NOT_IDENTIFIED} (alpha = {alpha:.2g} ~ 0: loss does not fall with N in these cells, "
+            "so A, alpha and the capacities have no meaning)"
+        )
+        for name in values:
+            if name in ("A", "alpha") or name.startswith(("rho[", "L", "F", "C")):
+                out[name] = why
+    for name, value in values.items():
+        if name in out or name not in ci:
+            continue
+        low, high = ci[name]
+        wide = high - low > WIDTH_FACTOR * abs(value) if value else high - low > 0
+        if wide and (name not in notes or high - low > WIDTH_FACTOR * max(abs(low), abs(high))):
+            out[name] = (
+                f"{NOT_IDENTIFIED} (95% interval [{low:.3g}, {high:.3g}] is wider than "
+                f"{WIDTH_FACTOR:g}x its value {value:.3g})"
+            )
+    return out
+
+
+def _warnings(
+    values: dict[str, float],
+    ci: dict[str, tuple[float, float]],
+    notes: dict[str, str],
+    problem: Problem,
     runner_up: tuple[float, np.ndarray] | None,
     objective: float,
     unidentified_width: float,
     dense: str,
 ) -> list[str]:
-    warnings = []
-    values = params | {f"rho[{k}]": v for k, v in rho.items()}
+    warnings = [f"{name}: {note}" for name, note in notes.items()]
     for name, (low, high) in ci.items():
         value = values[name]
-        if value and (high - low) > unidentified_width * abs(value):
+        if name not in notes and value and (high - low) > unidentified_width * abs(value):
             warnings.append(
                 f"{name} is weakly identified: 95% CI [{low:.4g}, {high:.4g}] is wider than "
                 f"{unidentified_width:g} x its value {value:.4g}"
             )
-    for name, value in rho.items():
-        if name != dense and value > 0.999:
-            warnings.append(f"rho[{name}] sits at its upper bound 1 (format no worse than dense?)")
-    for i, name in ((1, "alpha"), (3, "beta")):
-        low, high = BASE_BOUNDS[i]
-        if theta[i] <= low + 1e-6 or theta[i] >= high - 1e-6:
-            warnings.append(f"{name} sits at its bound [{low:g}, {high:g}]")
     if runner_up is not None and runner_up[0] <= objective * 1.01 + 1e-12:
         other = runner_up[1]
         warnings.append(
-            f"a second minimum is within 1% of the objective: E={math.exp(other[4]):.4g}, "
-            f"alpha={other[1]:.4g} (best: E={params['E']:.4g}, alpha={params['alpha']:.4g})"
+            f"a second minimum, predicting different losses, is within 1% of the objective: "
+            f"E={math.exp(other[4]):.4g}, alpha={other[1]:.4g} (best: E={values['E']:.4g}, "
+            f"alpha={values['alpha']:.4g})"
         )
     return warnings

@@ -88,31 +88,46 @@ def _colours(count: int) -> list:
 
 
 def _rho_vs_gmse(reduction: Reduction, path: Path) -> Path:
+    """Fitted rho at each format's effective bits, the capacity law, and the compression lower
+    bound: the law at each format's bits per parameter (hollow), the best a format of that
+    storage could do, joined to the format by a dotted line."""
     from matplotlib.figure import Figure
 
     from compscale.capacity import log_capacity
 
-    figure = Figure(figsize=(6, 4.2))
+    figure = Figure(figsize=(6.4, 4.4))
     axis = figure.subplots()
-    table = reduction.rho[reduction.rho["gmse"] > 0]
+    table = reduction.rho[(reduction.rho["gmse"] > 0) & reduction.rho["rho"].notna()]
     error = [table["rho"] - table["ci_low"], table["ci_high"] - table["rho"]]
     error = None if table["ci_low"].isna().all() else np.abs(np.array(error, dtype=float))
-    axis.errorbar(table["effective_bits"], table["rho"], yerr=error, fmt="o", capsize=3)
+    axis.errorbar(
+        table["effective_bits"], table["rho"], yerr=error, fmt="o", capsize=3, label="fitted rho"
+    )
     _label_formats(axis, table["format"], table["effective_bits"], table["rho"])
-    law = reduction.fitted
-    if law.L is not None:
-        bits = np.linspace(0.05, max(table["effective_bits"].max(), 1.0) * 1.1, 200)
-        axis.plot(
-            bits,
-            np.exp(log_capacity(bits, law.L, law.F, law.C)),
-            "k-",
-            lw=1,
-            label=f"L tanh(F b)^C: L={law.L:.3g}, F={law.F:.3g}, C={law.C:.3g}",
-        )
-        axis.legend(fontsize=8)
-    axis.set_xlabel("effective bits b = log_1/4(GMSE)")
+    law = reduction.fitted.capacity_law
+    if law is not None:
+        top = max(table["effective_bits"].max(), table["bits_per_param"].max(), 1.0) * 1.05
+        bits = np.linspace(0.05, top, 200)
+        for colour, (group, (cap, slope, power)) in enumerate(law.params.items()):
+            axis.plot(
+                bits,
+                np.exp(log_capacity(bits, cap, slope, power)),
+                "-",
+                color=f"C{colour + 1}",
+                lw=1,
+                label=f"{group}: L={cap:.3g}, F={slope:.3g}, C={power:.3g}",
+            )
+        bound = reduction.bound.set_index("format")
+        shown = table[table["format"].isin(bound.index)]
+        x = shown["bits_per_param"].to_numpy(dtype=float)
+        y = bound.loc[shown["format"], "rho_bound"].to_numpy(dtype=float)
+        axis.scatter(x, y, facecolors="none", edgecolors="k", s=30, label="bound at bits/param")
+        for x0, y0, x1, y1 in zip(shown["effective_bits"], shown["rho"], x, y, strict=True):
+            axis.plot([x0, x1], [y0, y1], "k:", lw=0.7)
+        axis.legend(fontsize=7)
+    axis.set_xlabel("effective bits b = log_1/4(GMSE)  (bound: bits per parameter)")
     axis.set_ylabel("capacity rho (95% CI)")
-    axis.set_title("Capacity vs Gaussian MSE")
+    axis.set_title("Capacity vs Gaussian MSE, and the lower bound")
     return _save(figure, path)
 
 

@@ -22,7 +22,7 @@ from compscale import capacity, laws
 from compscale.files import atomic_write, write_text_atomic
 
 REQUIRED_COLUMNS = ("params", "tokens", "format", "seed", "val_loss")
-TABLES = ("law", "rho", "capacity", "capacity_rho", "composition", "heldout")
+TABLES = ("law", "rho", "capacity", "capacity_rho", "bound", "composition", "heldout")
 JSON_NAME = "reduction.json"
 
 
@@ -72,6 +72,7 @@ class Reduction:
     rho: pd.DataFrame
     capacity: pd.DataFrame
     capacity_rho: pd.DataFrame
+    bound: pd.DataFrame
     composition: pd.DataFrame
     heldout: pd.DataFrame
     fitted: laws.FittedLaw
@@ -100,9 +101,9 @@ class Reduction:
         if not (out / JSON_NAME).exists():
             raise FileNotFoundError(f"{out / JSON_NAME}: no reduction here; run the reducer first")
         document = json.loads((out / JSON_NAME).read_text())
-        if "fitted" not in document:
+        if "fitted" not in document or "bound" not in document:
             raise ValueError(
-                f"{out / JSON_NAME}: written before reductions kept their fitted law; "
+                f"{out / JSON_NAME}: written by an older compscale (no fitted law or bound table); "
                 "refit (`compscale reduce`, or `compscale report --refit`)"
             )
         tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
@@ -203,6 +204,15 @@ def _seed_noise(results: pd.DataFrame) -> float:
     return float(math.sqrt(float(groups.var(ddof=1).fillna(0) @ (groups.count() - 1)) / dof))
 
 
+def _default_parts(gmse_of: Callable[[str], float] | None) -> Callable[[str], tuple]:
+    """Each format's (family, GMSE) parts: from the grammar, or one part of `gmse_of`'s GMSE."""
+    if gmse_of is None:
+        from compscale.gmse import parts_of
+
+        return parts_of
+    return lambda name: (("quantization", float(gmse_of(name))),)
+
+
 def reduce(
     results: pd.DataFrame,
     gmse_of: Callable[[str], float] | None = None,
@@ -211,22 +221,29 @@ def reduce(
     bootstrap: int = 200,
     *,
     bits_of: Callable[[str], float] | None = None,
+    parts_of: Callable[[str], tuple[capacity.Part, ...]] | None = None,
     dense: str = laws.DENSE,
     delta: float = 1e-3,
     tolerance: float = 0.02,
+    jobs: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Reduction:
     """Fit the unified law to result rows (one per cell) and derive every table of the paper.
 
-    Tables: `law` (A, alpha, B, beta, E with CIs), `rho` (per format: rho, CI, GMSE, effective
-    bits, bits per parameter, cells), `capacity` (L, F, C with CIs refitted on every bootstrap
-    draw of the rhos), `capacity_rho` (fitted rho vs the capacity law's, and the law's prediction
-    with the format left out), `composition` (`capacity.composition_table`, pairs flagged when the
-    ratio's CI misses 1 by more than `tolerance`), `heldout` (each held-out cell's observed and
-    predicted loss from a fit to the other cells; `holdout_fraction` of each format, at random).
-    `fitted`: the unified law with every format's GMSE and, when fitted, the capacity law's L, F, C,
-    so it predicts formats that were never trained too.
-    `gmse_of(format) -> GMSE` defaults to `compscale.gmse.gmse`; `bits_of(format) -> bits per
-    parameter` to the format's storage cost.
+    Tables: `law` (A, alpha, B, beta, E with 95% intervals and a `note` where a parameter sits
+    at a bound or is not identified), `rho` (per format: rho, interval, note, GMSE, effective
+    bits, bits per parameter, cells), `capacity` (the capacity law's L, F, C two ways, side by
+    side: `two_stage`, fitted to the rhos weighted by their bootstrap uncertainty, and `joint`,
+    the unified-gmse law fitted to every cell at once), `capacity_rho` (each format's rho fitted,
+    by the two-stage law, by the joint law, and by the two-stage law fitted without it),
+    `bound` (each format against the compression lower bound at its bits per parameter),
+    `composition` (pairs flagged when the ratio's CI misses 1 by more than `tolerance`),
+    `heldout` (held-out cells, predicted by a fit to the others).
+    `fitted`: the unified law with every format's parts and the two-stage capacity law, so it
+    predicts formats that were never trained too. `gmse_of(format)` gives the GMSE column
+    (default `compscale.gmse.gmse`), `parts_of(format)` the capacity law's parts (default the
+    grammar's components; one quantization part of `gmse_of`'s GMSE when only that is given).
+    `jobs` processes share each bootstrap; `progress(stage, done, total)` hears of it.
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in results.columns]
     if missing:
@@ -235,47 +252,49 @@ def reduce(
         raise ValueError(f"holdout_fraction: must be in [0, 1), got {holdout_fraction}")
     results = results.reset_index(drop=True)
     results = results.assign(format=results["format"].astype(str))
+    parts_of = parts_of or _default_parts(gmse_of)
     gmse_of = gmse_of or _default_gmse
     bits_of = bits_of or _default_bits
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, total: progress(name, done, total))
+
+    common = dict(dense=dense, delta=delta, bootstrap=bootstrap, seed=seed, jobs=jobs)
     fit = laws.fit(
         results["params"],
         results["tokens"],
         results["val_loss"],
         results["format"],
         law="unified",
-        dense=dense,
-        delta=delta,
-        bootstrap=bootstrap,
-        seed=seed,
+        progress=stage("unified law"),
+        **common,
     )
     warnings = list(fit.warnings)
-    no_ci = (math.nan, math.nan)
-    law_table = pd.DataFrame(
-        [(name, value, *fit.ci.get(name, no_ci)) for name, value in fit.params.items()],
-        columns=["parameter", "value", "ci_low", "ci_high"],
-    )
     formats = list(fit.rho)
+    compressed = [name for name in formats if name != dense]
+    parts = {name: tuple(parts_of(name)) for name in compressed}
     gmse = {name: 0.0 if name == dense else float(gmse_of(name)) for name in formats}
+    bits = {name: float(bits_of(name)) for name in formats}
+    law_table = _parameter_table(fit, list(fit.params))
+    rho_table = _parameter_table(fit, [f"rho[{name}]" for name in formats])
+    rho_table = rho_table.drop(columns="parameter").rename(columns={"value": "rho"})
+    rho_table.insert(0, "format", formats)
     cells = results["format"].value_counts()
-    rho_table = pd.DataFrame(
-        {
-            "format": formats,
-            "rho": [fit.rho[name] for name in formats],
-            "ci_low": [fit.ci.get(f"rho[{name}]", no_ci)[0] for name in formats],
-            "ci_high": [fit.ci.get(f"rho[{name}]", no_ci)[1] for name in formats],
-            "gmse": [gmse[name] for name in formats],
-            "effective_bits": [float(capacity.effective_bits(gmse[name])) for name in formats],
-            "bits_per_param": [float(bits_of(name)) for name in formats],
-            "cells": [int(cells[name]) for name in formats],
-        }
+    rho_table = rho_table.assign(
+        gmse=[gmse[name] for name in formats],
+        effective_bits=[float(capacity.effective_bits(gmse[name])) for name in formats],
+        bits_per_param=[bits[name] for name in formats],
+        cells=[int(cells[name]) for name in formats],
     )
     samples = {name: fit.bootstrap_samples[:, fit.names.index(f"rho[{name}]")] for name in formats}
-    capacity_law, capacity_table, capacity_rho = _capacity_tables(
-        rho_table[rho_table["format"] != dense], samples, bootstrap, seed, warnings
+    two_stage = _two_stage(fit, compressed, parts, samples, bootstrap, seed, warnings)
+    joint = _joint(results, fit, parts, common, stage("joint capacity law"), warnings)
+    capacity_table, capacity_rho = _capacity_tables(fit, compressed, parts, two_stage, joint)
+    fitted = replace(
+        fit.fitted,
+        parts={name: [list(part) for part in value] for name, value in parts.items()},
+        capacity={} if two_stage is None else {g: list(v) for g, v in two_stage.law.params.items()},
     )
-    fitted = replace(fit.fitted, gmse=gmse)
-    if capacity_law is not None:
-        fitted = replace(fitted, L=capacity_law.L, F=capacity_law.F, C=capacity_law.C)
     composition = capacity.composition_table(
         fit.rho, samples if bootstrap else None, tolerance=tolerance
     )
@@ -284,7 +303,7 @@ def reduce(
             f"composition {row.format}: rho {row.rho:.4g} vs product {row.rho_product:.4g} "
             f"(ratio CI [{row.ratio_ci_low:.4g}, {row.ratio_ci_high:.4g}]) is not multiplicative"
         )
-    heldout = _heldout(results, holdout_fraction, seed, dense, delta, warnings)
+    heldout = _heldout(results, holdout_fraction, seed, dense, delta, fit, warnings)
     heldout_rmse, heldout_error = _heldout_errors(heldout)
     metrics = ReductionMetrics(
         law=fit.law,
@@ -309,11 +328,171 @@ def reduce(
         rho=rho_table,
         capacity=capacity_table,
         capacity_rho=capacity_rho,
+        bound=_bound_table(fit, compressed, bits, two_stage, joint),
         composition=composition,
         heldout=heldout,
         fitted=fitted,
         metrics=metrics,
     )
+
+
+def _parameter_table(fit: laws.FitResult, names: list[str]) -> pd.DataFrame:
+    """value, 95% interval and note per parameter; a parameter that is not identified shows
+    no number, only its note (why)."""
+    values = fit.params | {f"rho[{k}]": v for k, v in fit.rho.items()}
+    rows = []
+    for name in names:
+        low, high = fit.ci.get(name, (math.nan, math.nan))
+        value = values[name]
+        if not fit.identified(name):
+            value = low = high = math.nan
+        rows.append((name, value, low, high, fit.notes.get(name, "")))
+    return pd.DataFrame(rows, columns=["parameter", "value", "ci_low", "ci_high", "note"])
+
+
+def _two_stage(
+    fit: laws.FitResult,
+    compressed: list[str],
+    parts: dict[str, tuple],
+    samples: dict[str, np.ndarray],
+    bootstrap: int,
+    seed: int,
+    warnings: list[str],
+) -> capacity.CapacityFit | None:
+    """The capacity law fitted to the per-format rhos, weighted by their bootstrap spread."""
+    usable = [name for name in compressed if fit.identified(f"rho[{name}]")]
+    draws = np.column_stack([samples[name] for name in usable]) if bootstrap and usable else None
+    try:
+        law = capacity.fit_capacity(
+            usable,
+            [fit.rho[name] for name in usable],
+            [parts[name] for name in usable],
+            rho_samples=draws,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
+    except ValueError as error:
+        warnings.append(f"capacity law (two-stage) not fitted: {error}")
+        return None
+    warnings += [f"capacity law (two-stage): {name} sits at its bound" for name in law.at_bound]
+    return law
+
+
+def _joint(
+    results: pd.DataFrame,
+    fit: laws.FitResult,
+    parts: dict[str, tuple],
+    common: dict,
+    progress: Callable[[int, int], None] | None,
+    warnings: list[str],
+) -> laws.FitResult | None:
+    """The unified-gmse law on every cell, started from the unified fit's A, alpha, B, beta, E
+    (and its runner-up's): the capacity law's starts vary, the base needs no second grid."""
+    bases = [fit.theta[:5]] + ([fit.runner_up[:5]] if fit.runner_up is not None else [])
+    groups = capacity.parameter_groups(parts.values())
+    starts = [
+        np.concatenate([base, np.tile(capacity.z_of_params(lfc), len(groups))])
+        for base in bases
+        for lfc in ((1.0, 0.3, 0.5), (1.0, 0.3, 2.0), (1.0, 1.0, 0.5), (1.0, 1.0, 2.0))
+    ]
+    try:
+        joint = laws.fit(
+            results["params"],
+            results["tokens"],
+            results["val_loss"],
+            results["format"],
+            law="unified-gmse",
+            parts=parts,
+            warm_starts=starts,
+            progress=progress,
+            **common,
+        )
+    except ValueError as error:
+        warnings.append(f"capacity law (joint, unified-gmse) not fitted: {error}")
+        return None
+    warnings += [f"joint unified-gmse law: {text}" for text in joint.warnings]
+    return joint
+
+
+def _capacity_tables(
+    fit: laws.FitResult,
+    compressed: list[str],
+    parts: dict[str, tuple],
+    two_stage: capacity.CapacityFit | None,
+    joint: laws.FitResult | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """L, F, C both ways side by side, and each format's rho by each law."""
+    names = list(
+        dict.fromkeys(
+            (two_stage.names if two_stage else ())
+            + (tuple(n for n in joint.params if n not in laws.BASE_NAMES) if joint else ())
+        )
+    )
+    nan2 = (math.nan, math.nan)
+    rows = []
+    for name in names:
+        row = {"parameter": name}
+        if two_stage is not None and name in two_stage.values:
+            low, high = two_stage.ci.get(name, nan2)
+            note = "at its bound" if name in two_stage.at_bound else ""
+            row |= {"two_stage": two_stage.values[name], "two_stage_ci_low": low}
+            row |= {"two_stage_ci_high": high, "two_stage_note": note}
+        if joint is not None and name in joint.params:
+            low, high = joint.ci.get(name, nan2)
+            value = joint.params[name] if joint.identified(name) else math.nan
+            row |= {"joint": value, "joint_ci_low": low, "joint_ci_high": high}
+            row |= {"joint_note": joint.notes.get(name, "")}
+        rows.append(row)
+    columns = ["parameter", "two_stage", "two_stage_ci_low", "two_stage_ci_high", "two_stage_note"]
+    columns += ["joint", "joint_ci_low", "joint_ci_high", "joint_note"]
+    table = pd.DataFrame(rows, columns=columns)
+    loo = (
+        capacity.leave_one_out(
+            two_stage.formats,
+            two_stage.rho,
+            [parts[name] for name in two_stage.formats],
+            two_stage.log_rho_sd,
+            tuple(two_stage.law.params),
+        )
+        if two_stage is not None
+        else []
+    )
+    loo_of = dict(zip(two_stage.formats if two_stage else (), loo, strict=True))
+    comparison = pd.DataFrame(
+        {
+            "format": compressed,
+            "parts": [_parts_text(parts[name]) for name in compressed],
+            "rho": [fit.rho[name] for name in compressed],
+            "rho_law": [two_stage.law.rho(parts[n]) if two_stage else math.nan for n in compressed],
+            "rho_joint": [joint.rho[name] if joint else math.nan for name in compressed],
+            "rho_loo": [loo_of.get(name, math.nan) for name in compressed],
+        }
+    )
+    return table, comparison
+
+
+def _parts_text(parts: tuple) -> str:
+    return " x ".join(f"{family} (GMSE {gmse:.3g})" for family, gmse in parts)
+
+
+def _bound_table(
+    fit: laws.FitResult,
+    compressed: list[str],
+    bits: dict[str, float],
+    two_stage: capacity.CapacityFit | None,
+    joint: laws.FitResult | None,
+) -> pd.DataFrame:
+    """Each format against the compression lower bound: the capacity law at the best GMSE any
+    format of its bits per parameter can have (Gaussian rate-distortion, GMSE = 4^-bits)."""
+    law = two_stage.law if two_stage is not None else (joint.fitted.capacity_law if joint else None)
+    columns = ["format", "bits_per_param", "rho", "rho_bound", "fraction_of_bound"]
+    if law is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for name in compressed:
+        bound = law.bound(bits[name])
+        rows.append((name, bits[name], fit.rho[name], bound, fit.rho[name] / bound))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _heldout_errors(heldout: pd.DataFrame) -> tuple[float, float]:
@@ -324,64 +503,25 @@ def _heldout_errors(heldout: pd.DataFrame) -> tuple[float, float]:
     return float(np.sqrt(np.mean(np.log(ratio) ** 2))), float(np.mean(np.abs(ratio - 1)))
 
 
-def _capacity_tables(
-    compressed: pd.DataFrame,
-    samples: dict[str, np.ndarray],
-    bootstrap: int,
-    seed: int,
-    warnings: list[str],
-) -> tuple[capacity.CapacityFit | None, pd.DataFrame, pd.DataFrame]:
-    """Capacity law over compressed formats with 0 < GMSE < 1; None, empty tables if too few."""
-    usable = compressed[(compressed["gmse"] > 0) & (compressed["gmse"] < 1)]
-    empty = (
-        None,
-        pd.DataFrame(columns=["parameter", "value", "ci_low", "ci_high"]),
-        pd.DataFrame(columns=["format", "gmse", "effective_bits", "rho", "rho_law", "rho_loo"]),
-    )
-    if usable["gmse"].nunique() < 4:
-        warnings.append(
-            f"capacity law not fitted: {usable['gmse'].nunique()} compressed formats with distinct "
-            "GMSE in (0, 1); it needs 4"
-        )
-        return empty
-    names = list(usable["format"])
-    draws = np.column_stack([samples[name] for name in names]) if bootstrap else None
-    law = capacity.fit_capacity(
-        usable["gmse"], usable["rho"], names, rho_samples=draws, bootstrap=bootstrap, seed=seed
-    )
-    table = pd.DataFrame(
-        [(name, getattr(law, name), *law.ci.get(name, (math.nan, math.nan))) for name in "LFC"],
-        columns=["parameter", "value", "ci_low", "ci_high"],
-    )
-    comparison = pd.DataFrame(
-        {
-            "format": names,
-            "gmse": usable["gmse"].to_numpy(),
-            "effective_bits": usable["effective_bits"].to_numpy(),
-            "rho": usable["rho"].to_numpy(),
-            "rho_law": law.predict(usable["gmse"].to_numpy()),
-            "rho_loo": capacity.leave_one_out(usable["gmse"], usable["rho"]),
-        }
-    )
-    return law, table, comparison
-
-
 def _heldout(
     results: pd.DataFrame,
     fraction: float,
     seed: int,
     dense: str,
     delta: float,
+    fit: laws.FitResult,
     warnings: list[str],
 ) -> pd.DataFrame:
-    """Held-out cells with the loss predicted by the law fitted to the other cells."""
+    """Held-out cells with the loss predicted by the law fitted to the other cells (started from
+    the full fit's optimum and runner-up: the same basins, without a second grid)."""
     columns = ["params", "tokens", "format", "seed", "observed", "predicted", "rel_error"]
     held = _heldout_split(results, fraction, seed)
     if not held.any():
         return pd.DataFrame(columns=columns)
     train, test = results[~held], results[held]
+    starts = [fit.theta] + ([fit.runner_up] if fit.runner_up is not None else [])
     try:
-        fit = laws.fit(
+        heldout_fit = laws.fit(
             train["params"],
             train["tokens"],
             train["val_loss"],
@@ -390,11 +530,12 @@ def _heldout(
             dense=dense,
             delta=delta,
             bootstrap=0,
+            warm_starts=starts if train["format"].nunique() == len(fit.rho) else None,
         )
     except ValueError as error:
         warnings.append(f"held-out check skipped: the cells left for fitting fail: {error}")
         return pd.DataFrame(columns=columns)
-    predicted = fit.fitted.predict(test["params"], test["tokens"], test["format"])
+    predicted = heldout_fit.fitted.predict(test["params"], test["tokens"], test["format"])
     observed = test["val_loss"].to_numpy()
     return pd.DataFrame(
         {

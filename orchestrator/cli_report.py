@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", type=int, default=200, help="bootstrap resamples of cells (default 200)"
     )
     common.add_argument("--seed", type=int, default=0, help="seed of bootstrap and held-out split")
+    common.add_argument(
+        "--jobs", type=int, default=0, help="processes for the bootstraps (default: every core)"
+    )
 
     command = subparsers.add_parser(
         "reduce",
@@ -74,9 +78,17 @@ def _results(store: Store, sweep: str) -> pd.DataFrame:
 
 
 def _reduce(results: pd.DataFrame, args: argparse.Namespace, out: Path) -> Reduction:
+    from compscale.cli_fit import fit_progress
     from compscale.reduce import reduce
 
-    reduction = reduce(results, bootstrap=args.bootstrap, seed=args.seed)
+    with fit_progress() as progress:
+        reduction = reduce(
+            results,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            jobs=args.jobs or os.cpu_count() or 1,
+            progress=progress,
+        )
     reduction.write(out)
     return reduction
 

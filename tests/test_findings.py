@@ -17,8 +17,9 @@ def reduction_with_pairs(*pairs: tuple[float, float, bool]) -> Reduction:
     )  # fmt: skip
     empty = pd.DataFrame(columns=["format", "effective_bits", "rho", "rho_loo"])
     return Reduction(
-        law=empty, rho=empty, capacity=empty, capacity_rho=empty, composition=composition,
-        heldout=empty, fitted=laws.FittedLaw("unified", 1.0, 0.3, 1.0, 0.3, 1.0),
+        law=empty, rho=empty, capacity=empty, capacity_rho=empty, bound=empty,
+        composition=composition, heldout=empty,
+        fitted=laws.FittedLaw("unified", 1.0, 0.3, 1.0, 0.3, 1.0),
         metrics=metrics(heldout_mean_abs_rel_error=0.005, heldout_cells=4),
     )  # fmt: skip
 

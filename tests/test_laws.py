@@ -84,8 +84,10 @@ def test_lbfgs_and_trust_region_polish_agree_on_chinchilla_minimum():
 def test_analytic_jacobian_matches_finite_differences(law):
     cells = synthetic_cells(RHO, seed=0)
     obs = laws.observations(cells.params, cells.tokens, cells.loss, cells.format)
-    gmse = {name: 4.0 ** -(8 * capacity) for name, capacity in RHO.items()}
-    law_object = laws.make_law(law, obs, gmse)
+    parts = {name: (("quantization", 4.0 ** -(8 * capacity)),) for name, capacity in RHO.items()}
+    parts["sp50"] = (("sparsity", 0.07), ("quantization", 0.02))  # a product of parts
+    law_object = laws.make_law(law, obs, parts)
+    law_object.check(obs)
     problem = laws.Problem(law_object, obs, 1e-3)
     theta = np.concatenate([[6.0, 0.3, 6.0, 0.3, 0.5], law_object.extra_starts()[0] + 0.1])
     step = 1e-6
@@ -119,7 +121,7 @@ def gmse_fit() -> laws.FitResult:
         cells.loss,
         cells.format,
         law="unified-gmse",
-        gmse=GMSE,
+        parts={name: (("quantization", g),) for name, g in GMSE.items()},
         bootstrap=0,
     )
 
@@ -165,7 +167,7 @@ def cells_with(**overrides) -> dict:
         ({"loss": np.r_[np.nan, np.ones(39)]}, "unified", r"loss: 1 value\(s\) are NaN"),
         ({"loss": np.r_[-1.0, 0.0, np.ones(38)]}, "unified", "non-positive"),
         ({"formats": ["int4"] * 20 + ["int8"] * 20}, "unified", "no cells of the dense reference"),
-        ({"formats": ["dense"] * 20 + ["int4"] * 20}, "unified-gmse", "gmse: no GMSE for format"),
+        ({"formats": ["dense"] * 20 + ["int4"] * 20}, "unified-gmse", "needs parts of >= 3"),
     ],
 )
 def test_degenerate_input_fails_with_a_clear_error(overrides, law, message):

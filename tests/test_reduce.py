@@ -70,8 +70,9 @@ def test_multiplicative_composition_reports_near_zero_error(multiplicative):
 
 def test_capacity_law_is_fitted_and_predicts_left_out_formats(multiplicative):
     _, _, reduction = multiplicative
-    law = reduction.capacity.set_index("parameter")["value"]
-    assert law["L"] == pytest.approx(LAW["cap"], rel=0.05)
+    law = reduction.capacity.set_index("parameter")
+    assert law.loc["L", "two_stage"] == pytest.approx(LAW["cap"], rel=0.05)
+    assert law.loc["L", "joint"] == pytest.approx(LAW["cap"], rel=0.05)
     compare = reduction.capacity_rho.set_index("format")
     assert set(compare.index) == {"int2", "int3", "int4", "int8", "sp50", "sp50+int4"}
     assert compare.loc["int3", "rho_loo"] == pytest.approx(compare.loc["int3", "rho"], rel=0.05)
@@ -91,11 +92,11 @@ def test_fitted_law_is_the_law_and_rho_tables_plus_the_capacity_law(multiplicati
     for name in laws.BASE_NAMES:
         assert law[name] == getattr(fitted, name), name
     assert fitted.rho == dict(zip(reduction.rho["format"], reduction.rho["rho"], strict=True))
-    capacity_law = reduction.capacity.set_index("parameter")["value"]
-    assert tuple(capacity_law[name] for name in "LFC") == (fitted.L, fitted.F, fitted.C)
-    assert fitted.gmse["int4"] == GMSE["int4"]
-    untrained = replace(fitted, gmse=fitted.gmse | {"int5": 0.0029})
-    expected = float(capacity.capacity(0.0029, fitted.L, fitted.F, fitted.C))
+    capacity_law = reduction.capacity.set_index("parameter")["two_stage"]
+    assert [capacity_law[name] for name in "LFC"] == fitted.capacity["all"]
+    assert fitted.parts["int4"] == [["quantization", GMSE["int4"]]]
+    untrained = replace(fitted, parts=fitted.parts | {"int5": [["quantization", 0.0029]]})
+    expected = float(capacity.capacity(0.0029, *fitted.capacity["all"]))
     assert untrained.rho_of("int5") == pytest.approx(expected)
 
 
@@ -179,7 +180,7 @@ def test_summary_prints_bracketed_names_verbatim():
     """Warnings name parameters like `rho[int4]`; the text tables must not eat them as markup."""
     empty = pd.DataFrame()
     reduction = Reduction(
-        law=empty, rho=empty, capacity=empty, capacity_rho=empty, composition=empty,
+        law=empty, rho=empty, capacity=empty, capacity_rho=empty, bound=empty, composition=empty,
         heldout=empty, fitted=laws.FittedLaw("unified", 1.0, 0.3, 1.0, 0.3, 1.0),
         metrics=metrics(warnings=("rho[sp75+int2] is weakly identified",)),
     )  # fmt: skip
