@@ -6,8 +6,10 @@ rms: M_BW = |w| > T_p; rbbm: M_BW = (|w| < min(T_p, T_k)) or (|w| > max(T_p, T_k
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import pickle
 import re
 from statistics import NormalDist
 
@@ -220,3 +222,17 @@ def test_a_sweep_with_backward_masks_validates_and_its_cells_train(tmp_path, one
     for cell in cells:
         result = run_cell(cell, str(tmp_path))
         assert result["format"] == cell.format and math.isfinite(result["val_loss"])
+
+
+@pytest.mark.parametrize("text", ["sp50-rbbm0.1", "2:4-rms0.1", "sp50-rbbm0.1+int4"])
+def test_backward_masks_keep_dtype_survive_zeros_and_pickling(text):
+    fmt = parse(text)
+    assert pickle.loads(pickle.dumps(fmt)) == fmt == copy.deepcopy(fmt)
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
+    half = w.bfloat16().requires_grad_()
+    out = fmt.apply(half, fmt.compute_mask(half))
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), fmt.apply(w, fmt.compute_mask(w)), atol=0.1)
+    zero = torch.zeros(16, 32, requires_grad=True)
+    fmt.apply(zero, fmt.compute_mask(zero)).sum().backward()
+    assert torch.isfinite(zero.grad).all()
