@@ -32,6 +32,15 @@ def test_cpu_mini_is_the_paper_in_miniature():
     assert len({cell.seed for cell in cells if cell.format == "dense"}) >= 2
 
 
+def test_cpu_miniatures_hold_the_rbbm_comparison_and_the_weights_x_activations_grid():
+    rbbm = load_spec("sweeps/cpu-rbbm.yaml")
+    assert {"dense", "sp50", "sp50-rbbm0", "sp50-rbbm0.1"} <= set(rbbm.formats)
+    assert {cell.seed for cell in expand(rbbm) if cell.format == "sp50-rbbm0.1"} == {0, 1}
+    wxa = set(load_spec("sweeps/cpu-wxa.yaml").formats)
+    for bits in (2, 4):
+        assert {f"int{bits}", f"w:dense,a:int{bits}", f"w:int{bits},a:int{bits}"} <= wxa
+
+
 PAPER = sorted(path.stem for path in SWEEPS if path.stem.startswith("paper-"))
 PAPER_LR = {"30m": 1.2e-3, "50m": 1.2e-3, "100m": 6e-4, "200m": 3e-4}
 
