@@ -9,7 +9,7 @@ from orchestrator.driver import drive, plan
 from orchestrator.spec import Resources
 from orchestrator.store import Store
 from workers.config import CellConfig, DataConfig, TrainConfig, preset
-from workers.data import prepare_shards
+from workers.prepare import prepare_shards
 from workers.sink import read_result
 
 pytestmark = pytest.mark.usefixtures("ray_local")

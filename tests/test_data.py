@@ -81,7 +81,9 @@ def test_data_prepare_writes_byte_level_shards_that_load_back(tmp_path, capsys):
         == (texts / "a.txt").read_bytes() + (texts / "b.txt").read_bytes()
     )
     assert source.train.dtype == np.uint16 and len(source.val) == 240
-    assert json.loads(capsys.readouterr().out)["fingerprint"] == source.fingerprint
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["fingerprint"] == source.fingerprint and meta["tokenizer"] == "bytes"
+    assert meta["vocab_size"] == 256 and ":bytes:" in source.fingerprint
     assert (
         load_tokens(DataConfig(source=str(tmp_path / "shards"))).fingerprint == source.fingerprint
     )

@@ -46,9 +46,15 @@ def _train_cell(args: argparse.Namespace) -> int:
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
-    from workers.data import prepare_shards
+    from workers.prepare import prepare_shards
 
-    meta = prepare_shards(args.text_dir, args.out_dir, val_fraction=args.val_fraction)
+    meta = prepare_shards(
+        args.text_dir,
+        args.out_dir,
+        val_fraction=args.val_fraction,
+        tokenizer=args.tokenizer,
+        progress=not args.quiet,
+    )
     print(json.dumps(meta))
     return 0
 
@@ -67,9 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_parser = subparsers.add_parser("data", help="token data tools")
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     prepare = data_commands.add_parser(
-        "prepare", help="turn a folder of text files into byte-level uint16 shards"
+        "prepare",
+        help="turn a folder of text files into token shards (bytes, a trained BPE, or yours)",
+        description="Tokenize every file under TEXT_DIR (sorted; streamed in chunks) into "
+        "OUT_DIR/train.bin, val.bin (the last --val-fraction of the tokens) and meta.json "
+        "(tokenizer, its fingerprint, vocab_size); prints meta.json. Progress on stderr.",
     )
     prepare.add_argument("text_dir")
     prepare.add_argument("out_dir")
     prepare.add_argument("--val-fraction", type=float, default=0.05)
+    prepare.add_argument(
+        "--tokenizer",
+        default="bytes",
+        help="bytes (one token per byte, vocab 256; default) | bpe:{vocab} (train a byte-level "
+        "BPE on TEXT_DIR, saved as OUT_DIR/tokenizer.json) | PATH/tokenizer.json (your own)",
+    )
+    prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=_data_prepare)

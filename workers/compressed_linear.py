@@ -58,14 +58,25 @@ def sparsity_at(step: int, total_steps: int, target: float, ramp_fraction: float
 
 
 def mask_update(
-    step: int, total_steps: int, target: float, ramp_fraction: float, updates: int = 64
+    step: int,
+    total_steps: int,
+    target: float,
+    ramp_fraction: float,
+    updates: int = 64,
+    every_step: bool = False,
 ) -> float | None:
     """The sparsity to recompute masks at before `step`, or None when the masks stay as they are.
 
-    Masks are recomputed `updates` times over the ramp and once at its end, then frozen.
+    Masks are recomputed `updates` times over the ramp and once at its end, then frozen; with
+    `every_step` (formats whose backward mask feeds pruned weights, `Format.refreshes_mask`) they
+    are recomputed before every step, at the ramp's sparsity and then at the target.
     """
     ramp_steps = int(ramp_fraction * total_steps)
-    if target == 0 or step > ramp_steps:
+    if target == 0:
+        return None
+    if every_step:
+        return sparsity_at(step, total_steps, target, ramp_fraction)
+    if step > ramp_steps:
         return None
     if step % max(1, ramp_steps // updates) and step != ramp_steps:
         return None

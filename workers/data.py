@@ -138,39 +138,6 @@ def load_shards(uri: str) -> TokenSource:
     return TokenSource(arrays["train"], arrays["val"], int(meta["vocab_size"]), meta["fingerprint"])
 
 
-def prepare_shards(text_dir: str | Path, out_dir: str | Path, val_fraction: float = 0.05) -> dict:
-    """Turn a folder of text files into byte-level shards (sorted files; the tail is validation).
-
-    Returns the written `meta.json` content.
-    """
-    text_dir, out_dir = Path(text_dir), Path(out_dir)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if not text_dir.is_dir():
-        raise FileNotFoundError(f"text directory {str(text_dir)!r} does not exist")
-    files = sorted(path for path in text_dir.rglob("*") if path.is_file())
-    if not files:
-        raise ValueError(f"text directory {str(text_dir)!r} holds no files")
-    data = b"".join(path.read_bytes() for path in files)
-    tokens = np.frombuffer(data, dtype=np.uint8)
-    split = int(len(tokens) * (1 - val_fraction))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # uint16 keeps the nanoGPT layout, so shards from a wider tokenizer read the same way.
-    tokens.astype(np.uint16)[:split].tofile(out_dir / "train.bin")
-    tokens.astype(np.uint16)[split:].tofile(out_dir / "val.bin")
-    meta = {
-        "dtype": "uint16",
-        "vocab_size": 256,
-        "tokenizer": "bytes",
-        "files": len(files),
-        "tokens": len(tokens),
-        "fingerprint": f"{text_dir.name}:sha256:{hashlib.sha256(data).hexdigest()[:16]}"
-        f":val{val_fraction:g}",
-    }
-    (out_dir / SHARD_META).write_text(json.dumps(meta, indent=1) + "\n")
-    return meta
-
-
 def batch_windows(
     tokens: np.ndarray,
     *,

@@ -217,7 +217,13 @@ def train(
     watch = _DivergenceWatch(runtime.device)
     for step in range(start_step, total_steps):
         torch.manual_seed(step_seed(cell.seed, step))
-        sparsity = mask_update(step, total_steps, fmt.sparsity, config.sparsity_ramp_fraction)
+        sparsity = mask_update(
+            step,
+            total_steps,
+            fmt.sparsity,
+            config.sparsity_ramp_fraction,
+            every_step=fmt.refreshes_mask,
+        )
         if sparsity is not None:
             update_masks(model, sparsity)
         lr = learning_rate(step, total_steps, config)

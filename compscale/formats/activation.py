@@ -31,6 +31,10 @@ class WeightsAndActivations(Format):
     def sparsity(self) -> float:
         return self.weights.sparsity
 
+    @property
+    def refreshes_mask(self) -> bool:
+        return self.weights.refreshes_mask
+
     def compute_mask(self, weight: Tensor, sparsity: float | None = None) -> Tensor | None:
         return self.weights.compute_mask(weight, sparsity)
 

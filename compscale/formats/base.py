@@ -67,6 +67,13 @@ class Format:
         """Fraction of weights the format zeroes (0.0 when it prunes nothing)."""
         return 0.0
 
+    @property
+    def refreshes_mask(self) -> bool:
+        """Whether a trainer must recompute the keep-mask at every step instead of freezing it after
+        the ramp: true where a backward mask passes gradient to pruned weights, which can only
+        matter if they may grow back into the mask."""
+        return False
+
     def compute_mask(self, weight: Tensor, sparsity: float | None = None) -> Tensor | None:
         """Boolean keep-mask for `weight`, or None when the format prunes nothing.
 

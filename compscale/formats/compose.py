@@ -2,16 +2,26 @@
 
 B's scales (RMS or absmax per row or group) are computed over the survivors only, and a row or group
 with no survivor becomes zero. Storage: B's bits for each survivor, B's scales, and A's mask.
-Backward: B's trust mask restricted to survivors.
+Backward: B's trust mask restricted to survivors; with a backward mask on A (`sp50-rbbm0.1+int4`),
+a survivor needs both B's trust and A's backward mask, and a pruned weight A's backward mask.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from compscale.formats.base import NOMINAL_ROW_LENGTH, SCALE_BITS, Component, Format, FormatError
+from compscale.formats.base import (
+    NOMINAL_ROW_LENGTH,
+    SCALE_BITS,
+    Component,
+    Format,
+    FormatError,
+    check_matrix,
+    straight_through,
+)
 from compscale.formats.scalar import ScalarFormat
 from compscale.formats.sparse import SparseFormat
 
@@ -38,6 +48,10 @@ class Composed(Format):
         survivors = (1 - self.sparsity) * self.quantizer.bits
         return survivors + scale_bits + self.pruning.mask_bits()
 
+    @property
+    def refreshes_mask(self) -> bool:
+        return self.pruning.refreshes_mask
+
     def compute_mask(self, weight: Tensor, sparsity: float | None = None) -> Tensor | None:
         return self.pruning.compute_mask(weight, sparsity)
 
@@ -47,4 +61,14 @@ class Composed(Format):
     def apply(self, weight: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None:
             mask = self.compute_mask(weight)
-        return self.quantizer.apply(weight, mask)
+        backward = self.pruning.backward
+        if backward is None or mask is None:
+            return self.quantizer.apply(weight, mask)
+        check_matrix(weight, self)
+
+        def compress(w: Tensor) -> tuple[Tensor, Tensor]:
+            values, trusted = self.quantizer.quantize(w.float(), mask)
+            passes = backward.passes(w, mask)
+            return values, passes & torch.where(mask, trusted.bool(), True)
+
+        return straight_through(weight, compress)

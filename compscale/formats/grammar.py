@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from compscale.formats.activation import WeightsAndActivations
+from compscale.formats.backward import BackwardMask
 from compscale.formats.base import Format, FormatError
 from compscale.formats.compose import Composed
 from compscale.formats.noise import NoiseFormat
@@ -13,16 +14,19 @@ from compscale.formats.sparse import Dense, MagnitudeSparse, NMSparse, SparseFor
 from compscale.formats.vector import VectorFormat
 
 GRAMMAR = (
-    "dense | sp{percent} (magnitude pruning, e.g. sp50) | {n}:{m} (e.g. 2:4) | "
+    "dense | sp{percent} (magnitude pruning, e.g. sp50) | {n}:{m} (e.g. 2:4), either optionally "
+    "followed by a backward mask -rms{q} or -rbbm{q} (e.g. sp50-rbbm0.1) | "
     "int{1..8} or fp8|fp6|fp4 (e4m3, e2m3, e2m1), optionally followed by -absmax, "
     "-g{group size}, -had "
     "(e.g. int4-g128-had) | vq{bits}d{dim} (e.g. vq2d4) | noise{relative mse} (e.g. noise0.05) | "
-    "SPARSE+SCALAR (e.g. sp50+int4) | w:FORMAT,a:SCALAR (e.g. w:int4,a:int8)"
+    "SPARSE+SCALAR (e.g. sp50+int4) | w:FORMAT,a:SCALAR (e.g. w:int4,a:int8; w:dense,a:int4 "
+    "quantizes activations only)"
 )
 
 _NUMBER = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
-_SPARSE = re.compile(rf"sp{_NUMBER}(?:-([a-z]+))?")
-_NM = re.compile(r"(\d+):(\d+)")
+_BACKWARD = rf"(?:-(rms|rbbm){_NUMBER})?"
+_SPARSE = re.compile(rf"sp{_NUMBER}{_BACKWARD}")
+_NM = re.compile(rf"(\d+):(\d+){_BACKWARD}")
 _SCALAR = re.compile(r"(int|fp)(\d+)((?:-[a-z0-9]+)*)")
 _VECTOR = re.compile(r"vq(\d+)d(\d+)")
 _NOISE = re.compile(rf"noise{_NUMBER}")
@@ -47,11 +51,15 @@ def _scalar(text: str) -> ScalarFormat | None:
     return ScalarFormat(grid, bits, **options)  # type: ignore[arg-type]
 
 
+def _backward(kind: str | None, deviation: str | None) -> BackwardMask | None:
+    return None if kind is None else BackwardMask(kind, float(deviation))  # type: ignore[arg-type]
+
+
 def _sparse(text: str) -> SparseFormat | None:
     if match := _SPARSE.fullmatch(text):
-        return MagnitudeSparse(float(match.group(1)) / 100, match.group(2) or "magnitude")
+        return MagnitudeSparse(float(match.group(1)) / 100, _backward(*match.group(2, 3)))
     if match := _NM.fullmatch(text):
-        return NMSparse(int(match.group(1)), int(match.group(2)))
+        return NMSparse(int(match.group(1)), int(match.group(2)), _backward(*match.group(3, 4)))
     return None
 
 

@@ -5,7 +5,9 @@ sparsity s costs the binary entropy H(s) bits per weight (what an ideal compress
 needs; 1 bit at s = 0.5), an n:m mask log2(C(m, n)) / m bits per weight (0.65 for 2:4).
 
 Backward: the exact gradient of weight * mask, so pruned weights get none (gradual magnitude pruning
-in the manner of Zhu & Gupta, 2017).
+in the manner of Zhu & Gupta, 2017), unless a `-rms{q}` / `-rbbm{q}` suffix picks another backward
+mask (`backward.py`). A format with such a suffix refreshes its forward mask at every training step:
+a gradient to a pruned weight only matters if the weight can grow back into the mask.
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from compscale.formats.base import DENSE_BITS, Component, Format, FormatError, check_matrix
-
-MASK_CRITERIA = ("magnitude",)
+from compscale.formats.backward import BackwardMask
+from compscale.formats.base import (
+    DENSE_BITS,
+    Component,
+    Format,
+    FormatError,
+    check_matrix,
+    straight_through,
+)
 
 
 def binary_entropy(p: float) -> float:
@@ -52,7 +60,10 @@ class Dense(Format):
 
 
 class SparseFormat(Format):
-    """Common behaviour of pruning formats: apply = weight * keep-mask."""
+    """Common behaviour of pruning formats: apply = weight * keep-mask, with an optional backward
+    mask (`backward`, None for the baseline M_BW = M_FW)."""
+
+    backward: BackwardMask | None
 
     def components(self) -> tuple[Component, ...]:
         return (Component("weights", "sparsity", self),)
@@ -64,11 +75,23 @@ class SparseFormat(Format):
     def bits_per_param(self) -> float:
         return (1 - self.sparsity) * DENSE_BITS + self.mask_bits()
 
+    @property
+    def refreshes_mask(self) -> bool:
+        return self.backward is not None
+
     def apply(self, weight: Tensor, mask: Tensor | None = None) -> Tensor:
         check_matrix(weight, self)
         if mask is None:
             mask = self.compute_mask(weight)
-        return weight if mask is None else weight * mask
+        if mask is None:
+            return weight
+        if self.backward is None:
+            return weight * mask
+        backward = self.backward
+        return straight_through(weight, lambda w: (w * mask, backward.passes(w, mask)))
+
+    def suffix(self) -> str:
+        return "" if self.backward is None else str(self.backward)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -76,16 +99,13 @@ class MagnitudeSparse(SparseFormat):
     """`sp{percent}`: zero exactly round(s * numel) weights of smallest |w| in the whole matrix."""
 
     target: float
-    criterion: str = "magnitude"
+    backward: BackwardMask | None = None
 
     def __post_init__(self) -> None:
         _check_sparsity(self.target)
-        if self.criterion not in MASK_CRITERIA:
-            raise FormatError(f"unknown mask criterion {self.criterion!r}; known: {MASK_CRITERIA}")
 
     def __str__(self) -> str:
-        suffix = "" if self.criterion == "magnitude" else f"-{self.criterion}"
-        return f"sp{self.target * 100:g}{suffix}"
+        return f"sp{self.target * 100:g}{self.suffix()}"
 
     @property
     def sparsity(self) -> float:
@@ -112,13 +132,14 @@ class NMSparse(SparseFormat):
 
     n: int
     m: int
+    backward: BackwardMask | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.n < self.m:
             raise FormatError(f"{self.n}:{self.m}: need 0 < n < m")
 
     def __str__(self) -> str:
-        return f"{self.n}:{self.m}"
+        return f"{self.n}:{self.m}{self.suffix()}"
 
     @property
     def sparsity(self) -> float:
