@@ -12,7 +12,7 @@ from orchestrator.cells import expand
 from orchestrator.cli import main
 from orchestrator.spec import SpecError, parse_spec
 from workers.config import CellConfig, DataConfig, TrainConfig, preset
-from workers.data import prepare_shards
+from workers.prepare import prepare_shards
 
 BASE = """
 name: demo
