@@ -352,7 +352,7 @@ class Problem:
         return huber(log_pred - obs.log_loss, self.delta).sum(axis=1)
 
     def polish(
-        self, theta: np.ndarray, method: str = "trf", tol: float = 1e-8
+        self, theta: np.ndarray, method: str = "trf", tol: float = 1e-8, max_nfev: int = 2000
     ) -> tuple[np.ndarray, float]:
         """Local minimum from `theta` of the Huber objective.
 
@@ -375,7 +375,7 @@ class Problem:
                 xtol=tol,
                 ftol=tol,
                 gtol=tol,
-                max_nfev=2000,
+                max_nfev=max_nfev,
             )
         elif method == "lbfgs":
             result = minimize(
@@ -384,7 +384,7 @@ class Problem:
                 jac=True,
                 method="L-BFGS-B",
                 bounds=list(zip(lower, upper, strict=True)),
-                options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9},
+                options={"maxiter": max_nfev, "ftol": 1e-13, "gtol": 1e-9},
             )
         else:
             raise ValueError(f"method: unknown optimiser {method!r}; choose trf or lbfgs")
@@ -801,9 +801,23 @@ class _Resampler:
     with_rho: bool
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Polish from the optimum; polish from each other warm start only as far as it stays
+        competitive (within PROBE_MARGIN of the best after PROBE_EVALUATIONS evaluations)."""
         resample = Problem(self.law, self.obs.take(rows), self.delta)
-        best, _ = min((resample.polish(x, self.method) for x in self.warm), key=lambda r: r[1])
+        best, best_value = resample.polish(self.warm[0], self.method)
+        for start in self.warm[1:]:
+            probe, value = resample.polish(start, self.method, max_nfev=PROBE_EVALUATIONS)
+            if value <= best_value * (1 + PROBE_MARGIN):
+                theta, value = resample.polish(probe, self.method)
+                if value < best_value:
+                    best, best_value = theta, value
         return _natural(self.law, best, self.obs, self.with_rho)
+
+
+# A second warm start of a bootstrap resample that is not within PROBE_MARGIN of the first one's
+# objective after PROBE_EVALUATIONS function evaluations is abandoned: it would not win.
+PROBE_EVALUATIONS = 40
+PROBE_MARGIN = 0.25
 
 
 def _map(
