@@ -26,8 +26,11 @@ DOUBLE = ["--cell-fn", "doubles:run_cell"]
 
 
 def environment(**extra: str) -> dict[str, str]:
+    """The test's environment without Ray settings; this checkout first on the path (not the one
+    an editable install points at), then the test doubles."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return env | {"PYTHONPATH": str(REPO / "tests"), "COLUMNS": "200"} | extra
+    path = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    return env | {"PYTHONPATH": path, "COLUMNS": "200"} | extra
 
 
 def compscale(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180):
@@ -258,7 +261,7 @@ def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, t
             dashboard,
             "--",
             "env",
-            f"PYTHONPATH={REPO / 'tests'}",
+            f"PYTHONPATH={REPO}{os.pathsep}{REPO / 'tests'}",
             COMPSCALE,
             "submit",
             str(spec),
