@@ -213,7 +213,8 @@ def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFuncti
 
 def connect(address: str | None = None) -> bool:
     """Join the Ray cluster at `address` (or $RAY_ADDRESS, as under `ray job submit`), else start
-    an embedded local one on 127.0.0.1 with this machine's CPUs. Returns True if it started one."""
+    an embedded local one with this machine's CPUs, every port of it on 127.0.0.1
+    (`loopback_only`). Returns True if it started one."""
     import ray
 
     if ray.is_initialized():
@@ -227,14 +228,38 @@ def connect(address: str | None = None) -> bool:
                 "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token)"
             ) from None
         return False
-    ray.init(
-        address="local",  # a new instance, never a cluster that `ray start` left behind
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-    )
+    with loopback_only():
+        ray.init(
+            address="local",  # a new instance, never a cluster that `ray start` left behind
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level="WARNING",
+        )
     return True
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """Make a Ray instance started in this block listen on 127.0.0.1 only.
+
+    Ray binds each server (GCS, raylet, object manager, core workers, dashboard and runtime-env
+    agents, metrics exporters) to the node's IP address, but it replaces a node IP of 127.0.0.1
+    by the machine's routable address (`ray._private.services.resolve_ip_for_localhost`; see
+    ray-project/ray#26293), so `_node_ip_address="127.0.0.1"` alone leaves every port on the
+    network. It keeps loopback only where multi-node clusters are off, its mode on macOS and
+    Windows (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), a setting read once at import: so it is set
+    on the imported module for this block, and the processes started in it get 127.0.0.1 on their
+    command lines. tests/test_loopback.py lists the sockets to hold Ray to it.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def auto_in_flight(cluster: dict[str, float], resources: Resources, planned: list[Planned]) -> int:
