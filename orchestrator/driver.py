@@ -27,7 +27,7 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,16 +212,20 @@ def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFuncti
 
 
 def connect(address: str | None = None) -> bool:
-    """Join the Ray cluster at `address` (or $RAY_ADDRESS, as under `ray job submit`), else start
-    an embedded local one with this machine's CPUs, every port of it on 127.0.0.1
-    (`loopback_only`). Returns True if it started one."""
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS, as under `ray job submit`; one on
+    127.0.0.1 is joined there, `loopback_only`), else start an embedded local one with this
+    machine's CPUs, every port of it on 127.0.0.1. Returns True if it started one."""
     import ray
 
     if ray.is_initialized():
         return False
-    if address or os.environ.get("RAY_ADDRESS"):
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        # Ray would dial 127.0.0.1:PORT at the routable address, where a loopback cluster is deaf.
+        on_loopback = target.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
         try:
-            ray.init(address=address, logging_level="WARNING")
+            with loopback_only() if on_loopback else nullcontext():
+                ray.init(address=address, logging_level="WARNING")
         except ConnectionError as error:
             raise ValueError(
                 f"{error} (is a head running there? with token authentication on, set "
@@ -241,7 +245,8 @@ def connect(address: str | None = None) -> bool:
 
 @contextmanager
 def loopback_only() -> Iterator[None]:
-    """Make a Ray instance started in this block listen on 127.0.0.1 only.
+    """Make a Ray instance started in this block listen on 127.0.0.1 only (and a driver joining
+    one at 127.0.0.1 dial it there).
 
     Ray binds each server (GCS, raylet, object manager, core workers, dashboard and runtime-env
     agents, metrics exporters) to the node's IP address, but it replaces a node IP of 127.0.0.1
