@@ -139,7 +139,7 @@ class SweepClaim:
     def renew(self) -> bool:
         """Renew the heartbeat; False (and `lost` set) if another driver took the sweep over."""
         path = self.paths.driver_claim(self.generation)
-        newer = self._generations()[-1] > self.generation
+        newer = max(self._generations(), default=0) > self.generation
         if newer or self.store.read_json(path).get("token") != self.content["token"]:
             self.lost.set()
             return False

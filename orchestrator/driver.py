@@ -52,7 +52,7 @@ class Planned:
 
     Actions: `skip` (done), `run` (never ran, cancelled, its worker died, or it failed with retries
     left), `rerun` (failed or forced, when asked), `wait` (running under a live lease), `hold`
-    (failed for good; needs `rerun`).
+    (failed for good: out of retries, a configuration error, or Ray gave up; needs `rerun`).
     """
 
     cell: CellConfig
@@ -84,6 +84,8 @@ def plan(
         elif status.state == "failed":
             if rerun_failed:
                 action = "rerun"
+            elif status.event.get("error_class") == "WorkerDied":
+                action = "run"  # the heir that recorded the death stopped before it started
             elif retries is not None and claims.retry_budget_left(store, cell.cell_id, retries):
                 action = "run"
             else:
@@ -345,6 +347,13 @@ class Driver:
                 self.queue.append(_InFlight(item.cell, force=force, rerun=rerun))
             elif item.action == "wait":
                 self.waiting[item.cell.cell_id] = _InFlight(item.cell)
+            elif item.action == "skip" and item.status.state == "running":
+                self.store.record(  # its result landed, then its task died before `done`
+                    item.cell.cell_id,
+                    "done",
+                    item.status.attempt,
+                    message=f"attempt {item.status.attempt} wrote its result, then stopped",
+                )
         for state, action in (("skipped", "skip"), ("held", "hold")):
             self.progress.set(state, sum(p.action == action for p in planned))
         self.progress.set("pending", len(self.queue))

@@ -171,7 +171,11 @@ def test_an_attempt_that_wrote_its_result_then_died_is_not_rerun(tmp_path):
     doubles.run_cell(cell, store.uri)  # the result lands; then the task dies before `done`
     stale = {"attempt": 1, "host": "h", "pid": 1, "unix_time": time.time() - 120}
     store.write_json(store.layout.cell(cell.cell_id).heartbeat, stale)
-    assert [item.action for item in plan([cell], store, lease_s=60)] == ["skip"]
+    planned = plan([cell], store, lease_s=60)
+    assert [item.action for item in planned] == ["skip"]
+    options = {"resources": Resources(), "retries": 0, "max_in_flight": 1}
+    assert drive("faults", planned, store, cell_fn=doubles.run_cell, **options)["done"] == 0
+    assert store.status(cell.cell_id).state == "done"  # no longer shown running forever
 
 
 def test_cells_in_flight_default_to_twice_what_the_cluster_runs_at_once(tmp_path):
@@ -271,3 +275,12 @@ def test_a_cell_another_task_claimed_is_held_until_it_finishes_there(ray_local, 
     assert counts["done"] == 1
     assert attempts_started(store, cell.cell_id) == [1]  # this driver never started it
     assert store.status(cell.cell_id).state == "done"
+
+
+def test_a_death_as_the_last_word_runs_again_and_a_cell_ray_gave_up_on_is_held(tmp_path):
+    store = Store(tmp_path / "store")
+    dead, crashing = expand(parse_spec(SPEC))[:2]
+    store.record(dead.cell_id, "failed", 1, error_class="WorkerDied")  # its heir stopped too
+    store.record(crashing.cell_id, "failed", 7, error_class="WorkerCrashedError", retryable=False)
+    actions = [item.action for item in plan([dead, crashing], store, retries=6)]
+    assert actions == ["run", "hold"]
