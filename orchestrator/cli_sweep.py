@@ -13,10 +13,12 @@ import os
 import shlex
 import subprocess
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from orchestrator.claims import SweepClaim
     from orchestrator.driver import CellFunction, Planned
     from orchestrator.spec import SweepSpec
     from orchestrator.store import Store
@@ -188,6 +190,7 @@ def _run(
     spec: SweepSpec,
     store: Store,
     planned: list[Planned],
+    claim: SweepClaim,
 ) -> int:
     """Drive the planned cells; Ctrl-C cancels the cells in flight and says how to resume."""
     from orchestrator.driver import HEARTBEAT_S, LEASE_S, Driver, connect
@@ -209,6 +212,7 @@ def _run(
         heartbeat_s=args.heartbeat_s or HEARTBEAT_S,
         lease_s=args.lease_s or LEASE_S,
         progress=Progress(spec.name, len(planned)),
+        claim=claim,
     )
     try:
         counts = driver.run(planned)
@@ -253,6 +257,18 @@ def _resume_command(args: argparse.Namespace, store: Store, cancelled: list[str]
     return shlex.join(["compscale", *what, "--store", store.uri, *_runner_flags(args)])
 
 
+def _hold_sweep(
+    args: argparse.Namespace, store: Store, name: str
+) -> AbstractContextManager[SweepClaim]:
+    """The sweep's driver claim for this command (`orchestrator.claims`): a second driver of
+    the same sweep refuses with `SweepHeld`, one line and exit code 2."""
+    from orchestrator.claims import hold_sweep
+    from orchestrator.driver import HEARTBEAT_S, LEASE_S
+
+    lease_s, heartbeat_s = args.lease_s or LEASE_S, args.heartbeat_s or HEARTBEAT_S
+    return hold_sweep(store, name, lease_s=lease_s, heartbeat_s=heartbeat_s)
+
+
 def submit(args: argparse.Namespace) -> int:
     from orchestrator.driver import LEASE_S
     from orchestrator.driver import plan as plan_cells
@@ -260,18 +276,21 @@ def submit(args: argparse.Namespace) -> int:
     spec, text, cells = load(args.spec)
     store = open_store(args, must_exist=False)
     store.create()
-    cell_ids = [cell.cell_id for cell in cells]
-    if spec.name in store.sweep_names():
-        before = set(store.manifest(spec.name))
-        added, dropped = len(set(cell_ids) - before), len(before - set(cell_ids))
-        if added or dropped:
-            print(f"sweep {spec.name} changed: {added} cells added, {dropped} dropped")
-    for cell in cells:
-        store.put_cell(cell)
-    store.put_sweep(spec.name, text, cell_ids)
-    if args.detach:
-        return _detach(args, spec.name, store)
-    return _run(args, spec, store, plan_cells(cells, store, lease_s=args.lease_s or LEASE_S))
+    with _hold_sweep(args, store, spec.name) as claim:
+        cell_ids = [cell.cell_id for cell in cells]
+        if spec.name in store.sweep_names():
+            before = set(store.manifest(spec.name))
+            added, dropped = len(set(cell_ids) - before), len(before - set(cell_ids))
+            if added or dropped:
+                print(f"sweep {spec.name} changed: {added} cells added, {dropped} dropped")
+        for cell in cells:
+            store.put_cell(cell)
+        store.put_sweep(spec.name, text, cell_ids)
+        if not args.detach:
+            lease_s = args.lease_s or LEASE_S
+            planned = plan_cells(cells, store, lease_s=lease_s, retries=spec.retries)
+            return _run(args, spec, store, planned, claim)
+    return _detach(args, spec.name, store)  # released first: the background driver takes it
 
 
 def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
@@ -338,15 +357,16 @@ def rerun(args: argparse.Namespace) -> int:
             raise ValueError(f"--cells: {unknown[0]} is not a cell of sweep {args.sweep}")
         cells = [cell for cell in cells if cell.cell_id in set(args.cells)]
     force = args.cells if args.force and args.cells else ()
-    planned = plan_cells(
-        cells, store, rerun_failed=True, force=force, lease_s=args.lease_s or LEASE_S
-    )
-    if args.failed:
-        planned = [item for item in planned if item.status.state == "failed"]
-    done = sum(item.action == "skip" for item in planned)
-    if done:
-        print(f"{done} of the given cells are done; add --force to rerun them")
-    return _run(args, spec, store, planned)
+    with _hold_sweep(args, store, args.sweep) as claim:
+        planned = plan_cells(
+            cells, store, rerun_failed=True, force=force, lease_s=args.lease_s or LEASE_S
+        )
+        if args.failed:
+            planned = [item for item in planned if item.status.state == "failed"]
+        done = sum(item.action == "skip" for item in planned)
+        if done:
+            print(f"{done} of the given cells are done; add --force to rerun them")
+        return _run(args, spec, store, planned, claim)
 
 
 def query(args: argparse.Namespace) -> int:

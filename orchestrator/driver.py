@@ -1,14 +1,19 @@
 """The Ray driver: runs a sweep's cells as Ray tasks and keeps all of its state in the store.
 
-Each cell is one Ray task (`execute_cell`) that records `running` (host, pid, attempt), renews a
-heartbeat lease while the cell function runs, and records `done`, or `failed` with the error class,
-message and traceback. A cell of world size k > 1 runs its cell function in k Ray Train workers
-(TorchTrainer, DDP); world size 1 runs in the task itself (TorchTrainer costs ~14 s to start here).
+Each cell is one Ray task (`execute_cell`) that claims the cell's next attempt in the store
+(`orchestrator.claims`), records `running` (host, pid, attempt), renews a heartbeat lease while
+the cell function runs, and records `done`, or `failed` with the error class, message and
+traceback. A cell already done, or running under another task's live lease (another driver's,
+another sweep's), is not started: the task says so and the driver waits for it. A cell of world
+size k > 1 runs its cell function in k Ray Train workers (TorchTrainer, DDP); world size 1 runs in
+the task itself (TorchTrainer costs ~14 s to start here).
 
 Failures: Ray retries a task whose worker process died (SIGKILL, lost node) up to the spec's
-`retries` (`max_retries`); the driver resubmits a cell whose function raised, up to `retries` more
-times. Since the driver keeps nothing the store lacks, a killed driver restarted on the same spec
-skips done cells, reruns dead ones (a `running` cell whose lease expired) and waits for live ones.
+`retries` (`max_retries`); the driver resubmits a cell whose function raised while its failures in
+the store (since it was last done or rerun) number at most `retries`, so a restarted driver does
+not grant a fresh budget, and never resubmits a configuration error (`workers.errors`). Since the
+driver keeps nothing the store lacks, a killed driver restarted on the same spec skips done cells,
+reruns dead ones (a `running` cell whose lease expired) and waits for live ones.
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator import claims
 from orchestrator.progress import Progress
 from orchestrator.spec import Resources
 from orchestrator.store import CellStatus, Store, utc_stamp
 from workers.config import CellConfig
+from workers.errors import is_retryable
 
 # (cell, store URI, attempt number) -> result row; the attempt is numbered by `execute_cell`.
 CellFunction = Callable[[CellConfig, str, int], dict]
@@ -42,8 +50,9 @@ CANCEL_POLL_S = 1.0  # seconds between checks for a cancel request
 class Planned:
     """A cell with its state in the store and what the driver would do with it.
 
-    Actions: `skip` (done), `run` (never ran, cancelled, or its worker died), `rerun` (failed or
-    forced, when asked), `wait` (running under a live lease), `hold` (failed; needs `rerun`).
+    Actions: `skip` (done), `run` (never ran, cancelled, its worker died, or it failed with retries
+    left), `rerun` (failed or forced, when asked), `wait` (running under a live lease), `hold`
+    (failed for good: out of retries, a configuration error, or Ray gave up; needs `rerun`).
     """
 
     cell: CellConfig
@@ -58,8 +67,10 @@ def plan(
     rerun_failed: bool = False,
     force: Iterable[str] = (),
     lease_s: float = LEASE_S,
+    retries: int | None = None,
 ) -> list[Planned]:
-    """Decide, from the store alone, what happens to each cell (one status read per cell)."""
+    """Decide, from the store alone, what happens to each cell (one status read per cell). With
+    `retries`, a failed cell whose driver stopped before retrying it runs if its budget allows."""
     forced = set(force)
     planned = []
     for cell in cells:
@@ -71,7 +82,14 @@ def plan(
         elif status.is_stale(lease_s) and store.has_result(cell.cell_id):
             action = "skip"  # it finished, then its task died before recording `done`
         elif status.state == "failed":
-            action = "rerun" if rerun_failed else "hold"
+            if rerun_failed:
+                action = "rerun"
+            elif status.event.get("error_class") == "WorkerDied":
+                action = "run"  # the heir that recorded the death stopped before it started
+            elif retries is not None and claims.retry_budget_left(store, cell.cell_id, retries):
+                action = "run"
+            else:
+                action = "hold"
         elif status.state == "running" and not status.is_stale(lease_s):
             action = "wait"
         else:
@@ -110,24 +128,39 @@ def heartbeat_lease(
 
 
 def execute_cell(
-    cell_json: str, store_uri: str, cell_fn: CellFunction, heartbeat_s: float = HEARTBEAT_S
+    cell_json: str,
+    store_uri: str,
+    cell_fn: CellFunction,
+    token: str,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+    lease_s: float = LEASE_S,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """The body of one cell's Ray task: it starts an attempt, so it numbers it (one number for the
-    status events, the loss rows and the result row), holds its lease and records how it ended.
+    """The body of one cell's Ray task (`token` names this submission; Ray's retries of it share
+    it): claim the cell's next attempt, which also numbers it (one number for the status events,
+    the loss rows and the result row), hold its lease and record how it ended.
 
-    Returns a small summary (tokens, tokens_per_s, wall_time_s), not the whole result row, so the
-    driver's memory does not grow with the number of cells.
+    Returns a small summary (`outcome`: trained, done elsewhere or held elsewhere; tokens,
+    tokens_per_s, wall_time_s), not the whole result row, so the driver's memory does not grow
+    with the number of cells.
     """
     store = Store(store_uri)
     cell = CellConfig.model_validate_json(cell_json)
     cell_id, host, pid = cell.cell_id, socket.gethostname(), os.getpid()
-    last = store.status(cell_id)
-    if last.state == "running":  # Ray retries a task whose process died (SIGKILL, lost node)
-        record_death(store, last, "its process died (killed or node lost); Ray retried the task")
-    attempt = store.next_attempt(cell_id)
-    store.record(cell_id, "running", attempt, host=host, pid=pid)
+    outcome, attempt = claims.claim_attempt(
+        store, cell_id, token, lease_s=lease_s, force=force, host=host, pid=pid
+    )
+    summary = {"outcome": outcome, "tokens": 0, "tokens_per_s": 0.0, "wall_time_s": 0.0}
+    if outcome == claims.HELD:
+        return summary
+    if outcome == claims.DONE:
+        if store.status(cell_id).state != "done":  # a later `pending` hides that it finished
+            store.record(cell_id, "done", attempt, message=f"attempt {attempt} finished it")
+        return summary
     started = time.perf_counter()
     with heartbeat_lease(store, cell_id, attempt, host, pid, heartbeat_s):
+        store.record(cell_id, "running", attempt, host=host, pid=pid)
         try:
             result = cell_fn(cell, store_uri, attempt) or {}
         except BaseException as error:
@@ -140,28 +173,17 @@ def execute_cell(
                 error_class=type(error).__name__,
                 message=str(error),
                 traceback=traceback.format_exc(),
+                retryable=is_retryable(error),
+                token=token,
             )
             raise
     wall = time.perf_counter() - started
     store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall)
-    return {
+    return summary | {
         "tokens": int(result.get("tokens", 0) or 0),
         "tokens_per_s": float(result.get("tokens_per_s", 0.0) or 0.0),
         "wall_time_s": wall,
     }
-
-
-def record_death(store: Store, status: CellStatus, how: str) -> None:
-    """Record that a `running` attempt ended without a word, so the history shows every failure."""
-    store.record(
-        status.cell_id,
-        "failed",
-        status.attempt,
-        host=status.event.get("host"),
-        pid=status.event.get("pid"),
-        error_class="WorkerDied",
-        message=f"attempt {status.attempt} stopped: {how}",
-    )
 
 
 def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFunction:
@@ -192,29 +214,59 @@ def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFuncti
 
 
 def connect(address: str | None = None) -> bool:
-    """Join the Ray cluster at `address` (or $RAY_ADDRESS, as under `ray job submit`), else start
-    an embedded local one on 127.0.0.1 with this machine's CPUs. Returns True if it started one."""
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS, as under `ray job submit`; one on
+    127.0.0.1 is joined there, `loopback_only`), else start an embedded local one with this
+    machine's CPUs, every port of it on 127.0.0.1. Returns True if it started one."""
     import ray
 
     if ray.is_initialized():
         return False
-    if address or os.environ.get("RAY_ADDRESS"):
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        # Ray would dial 127.0.0.1:PORT at the routable address, where a loopback cluster is deaf.
+        on_loopback = target.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
         try:
-            ray.init(address=address, logging_level="WARNING")
+            with loopback_only() if on_loopback else nullcontext():
+                ray.init(address=address, logging_level="WARNING")
         except ConnectionError as error:
             raise ValueError(
                 f"{error} (is a head running there? with token authentication on, set "
                 "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token)"
             ) from None
         return False
-    ray.init(
-        address="local",  # a new instance, never a cluster that `ray start` left behind
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-    )
+    with loopback_only():
+        ray.init(
+            address="local",  # a new instance, never a cluster that `ray start` left behind
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level="WARNING",
+        )
     return True
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """Make a Ray instance started in this block listen on 127.0.0.1 only (and a driver joining
+    one at 127.0.0.1 dial it there).
+
+    Ray binds each server (GCS, raylet, object manager, core workers, dashboard and runtime-env
+    agents, metrics exporters) to the node's IP address, but it replaces a node IP of 127.0.0.1
+    by the machine's routable address (`ray._private.services.resolve_ip_for_localhost`; see
+    ray-project/ray#26293), so `_node_ip_address="127.0.0.1"` alone leaves every port on the
+    network. It keeps loopback only where multi-node clusters are off, its mode on macOS and
+    Windows (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), a setting read once at import: so it is set
+    on the imported module for this block, and the processes started in it get 127.0.0.1 on their
+    command lines. tests/test_loopback.py lists the sockets to hold Ray to it.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def auto_in_flight(cluster: dict[str, float], resources: Resources, planned: list[Planned]) -> int:
@@ -228,15 +280,19 @@ def auto_in_flight(cluster: dict[str, float], resources: Resources, planned: lis
 @dataclass
 class _InFlight:
     cell: CellConfig
-    failures: int  # application errors of this cell in this run
+    force: bool = False  # a forced rerun: train it even though it is done
+    rerun: bool = False  # a requested rerun: its next `pending` event resets the retry budget
+    token: str = ""  # the current submission's (`execute_cell`)
 
 
 class Driver:
     """Runs planned cells on the connected Ray cluster, keeping every fact in the store.
 
-    `run()` loops: honour a cancel request, adopt or requeue cells another driver held
+    `run()` loops: honour a cancel request, adopt or requeue cells another task held
     (`poll_waiting`), `submit` queued cells up to `max_in_flight`, `finish` completed ones. Each
     completion costs O(1) store writes and no listing, so overhead is flat in the cell count.
+    With a `claim` (the sweep's, `orchestrator.claims.hold_sweep`) it stops if another driver took
+    the sweep over.
     """
 
     def __init__(
@@ -251,6 +307,7 @@ class Driver:
         heartbeat_s: float = HEARTBEAT_S,
         lease_s: float = LEASE_S,
         progress: Progress | None = None,
+        claim: claims.SweepClaim | None = None,
     ):
         import ray
         import ray.cloudpickle
@@ -265,28 +322,38 @@ class Driver:
         ):  # workers need not be able to import it
             ray.cloudpickle.register_pickle_by_value(sys.modules[module])
         self.ddp_fn = ddp_cell_function(self.cell_fn, resources)
-        self.task = ray.remote(execute_cell)
+        # No task events: the driver would buffer a few KiB per task for the dashboard's task
+        # table (memory growing with the cell count); the store is this driver's record.
+        self.task = ray.remote(enable_task_events=False)(execute_cell)
         self.progress: Progress | None = progress
+        self.claim = claim
         self.queue: deque[_InFlight] = deque()
-        self.waiting: dict[str, CellConfig] = {}
+        self.waiting: dict[str, _InFlight] = {}
         self.in_flight: dict[Any, _InFlight] = {}
         self.counts = {"done": 0, "failed": 0, "cancelled": 0}
 
     def run(self, planned: list[Planned]) -> dict[str, int]:
         """Run the planned cells; returns the final count per state. Stops early, recording
-        `cancelled`, when `compscale cancel` asks."""
+        `cancelled`, when `compscale cancel` asks; raises `SweepHeld` if its claim was lost."""
         import ray
 
         self.progress = self.progress or Progress(self.sweep, len(planned), quiet=True)
         if self.max_in_flight <= 0:
             self.max_in_flight = auto_in_flight(ray.cluster_resources(), self.resources, planned)
         for item in planned:
-            if item.action in ("run", "rerun"):
-                if item.status.state == "running":  # its lease expired: that attempt is dead
-                    record_death(self.store, item.status, "its heartbeat lease expired")
-                self.queue.append(_InFlight(item.cell, 0))
+            if item.action in ("run", "rerun"):  # a dead attempt's death is recorded by its heir
+                rerun = item.action == "rerun"
+                force = rerun and item.status.state == "done"
+                self.queue.append(_InFlight(item.cell, force=force, rerun=rerun))
             elif item.action == "wait":
-                self.waiting[item.cell.cell_id] = item.cell
+                self.waiting[item.cell.cell_id] = _InFlight(item.cell)
+            elif item.action == "skip" and item.status.state == "running":
+                self.store.record(  # its result landed, then its task died before `done`
+                    item.cell.cell_id,
+                    "done",
+                    item.status.attempt,
+                    message=f"attempt {item.status.attempt} wrote its result, then stopped",
+                )
         for state, action in (("skipped", "skip"), ("held", "hold")):
             self.progress.set(state, sum(p.action == action for p in planned))
         self.progress.set("pending", len(self.queue))
@@ -296,6 +363,11 @@ class Driver:
         next_cancel_check = next_wait_check = 0.0
         try:
             while self.queue or self.in_flight or self.waiting:
+                if self.claim is not None and self.claim.lost.is_set():
+                    raise claims.SweepHeld(
+                        f"sweep {self.sweep}: another driver took it over while this one was "
+                        "silent longer than the lease; this driver stops"
+                    )
                 now = time.monotonic()
                 if now >= next_cancel_check:
                     next_cancel_check = now + CANCEL_POLL_S
@@ -323,7 +395,11 @@ class Driver:
     def submit(self, item: _InFlight) -> None:
         """Start one cell's Ray task (`pending` is recorded first, attempt 0: not started)."""
         cell = item.cell
-        self.store.record(cell.cell_id, "pending", 0, host=socket.gethostname(), pid=os.getpid())
+        details = {"rerun": True} if item.rerun else {}
+        self.store.record(
+            cell.cell_id, "pending", 0, host=socket.gethostname(), pid=os.getpid(), **details
+        )
+        item.rerun, item.token = False, uuid.uuid4().hex
         if (
             cell.world_size > 1
         ):  # the task only launches Ray Train workers, which hold the resources
@@ -334,70 +410,88 @@ class Driver:
             function = self.cell_fn
         ref = self.task.options(
             **options, max_retries=self.retries, retry_exceptions=False, name=cell.cell_id
-        ).remote(cell.model_dump_json(), self.store.uri, function, self.heartbeat_s)
+        ).remote(
+            cell.model_dump_json(),
+            self.store.uri,
+            function,
+            item.token,
+            heartbeat_s=self.heartbeat_s,
+            lease_s=self.lease_s,
+            force=item.force,
+        )
         self.in_flight[ref] = item
         self.progress.move("pending", "running")
 
     def finish(self, ref: Any) -> None:
-        """Account for a completed task: done, retried after an application error, or failed."""
+        """Account for a completed task: done (here or elsewhere), held elsewhere, retried after
+        an application error, or failed."""
         import ray
 
         item = self.in_flight.pop(ref)
         cell_id = item.cell.cell_id
         try:
             summary = ray.get(ref)
-        except ray.exceptions.RayTaskError as error:  # the cell function raised; recorded already
-            item.failures += 1
-            kind = type(error.cause).__name__ if error.cause else "error"
-            if item.failures <= self.retries:
-                self.queue.append(item)
-                self.progress.move("running", "pending", f"retry {cell_id} after {kind}")
-                return
-            if self.store.status(cell_id).state != "failed":  # the task failed before the cell
-                self.store.record(
-                    cell_id,
-                    "failed",
-                    0,
-                    error_class=kind,
-                    message=str(error.cause or error).splitlines()[0],
-                    traceback=str(error),
-                )
-            self._failed(cell_id, kind)
+        except ray.exceptions.RayTaskError as error:  # the cell function raised
+            self._application_error(item, error)
         except ray.exceptions.RayError as error:  # the worker died more often than Ray retries
-            status = self.store.status(cell_id)
+            latest = claims.latest_attempt(self.store, cell_id)
             self.store.record(
                 cell_id,
                 "failed",
-                status.attempt,
+                latest.number if latest else 0,
                 error_class=type(error).__name__,
                 message=str(error).splitlines()[0] if str(error) else "",
+                retryable=False,
             )
             self._failed(cell_id, type(error).__name__)
         else:
+            if summary["outcome"] == claims.HELD:
+                self.waiting[cell_id] = item
+                self.progress.move("running", "waiting", f"held elsewhere {cell_id}")
+                return
             self.counts["done"] += 1
             self.progress.add_tokens(summary["tokens"])
-            self.progress.move(
-                "running", "done", f"done {cell_id} ({summary['wall_time_s']:.1f} s)"
-            )
+            how = f"{summary['wall_time_s']:.1f} s" if summary["outcome"] == claims.CLAIMED else ""
+            self.progress.move("running", "done", f"done {cell_id} ({how or 'elsewhere'})")
+
+    def _application_error(self, item: _InFlight, error: Any) -> None:
+        """Retry the cell while the store says its budget allows (a restarted driver counts the
+        failures of the drivers before it), unless the error is a configuration error."""
+        cell_id = item.cell.cell_id
+        kind = type(error.cause).__name__ if error.cause else "error"
+        failures, latest = claims.application_failures(self.store, cell_id)
+        if latest is None or latest.get("token") != item.token:  # it failed before the cell ran
+            latest = {
+                "error_class": kind,
+                "message": str(error.cause or error).splitlines()[0],
+                "traceback": str(error),
+                "retryable": error.cause is None or is_retryable(error.cause),
+                "token": item.token,
+            }
+            self.store.record(cell_id, "failed", 0, **latest)
+            failures += 1
+        if latest.get("retryable") and failures <= self.retries:
+            self.queue.append(item)
+            self.progress.move("running", "pending", f"retry {cell_id} after {kind}")
+            return
+        self._failed(cell_id, kind)
 
     def _failed(self, cell_id: str, kind: str) -> None:
         self.counts["failed"] += 1
         self.progress.move("running", "failed", f"failed {cell_id}: {kind}")
 
     def poll_waiting(self) -> None:
-        """Cells another driver's worker held: count them done when they finish, or take them
-        over when their lease expires."""
-        for cell_id, cell in list(self.waiting.items()):
-            status = self.store.status(cell_id)
-            if status.state == "done":
+        """Cells held by another task: count them done when they finish, or queue them again
+        when their lease expires (the next task records the silent attempt's death)."""
+        for cell_id, item in list(self.waiting.items()):
+            latest = claims.latest_attempt(self.store, cell_id)
+            if latest is not None and latest.ended == "done":
                 del self.waiting[cell_id]
                 self.counts["done"] += 1
                 self.progress.move("waiting", "done", f"done elsewhere {cell_id}")
-            elif status.state != "running" or status.is_stale(self.lease_s):
+            elif latest is None or not latest.alive(self.lease_s):
                 del self.waiting[cell_id]
-                if status.state == "running":
-                    record_death(self.store, status, "its heartbeat lease expired")
-                self.queue.append(_InFlight(cell, 0))
+                self.queue.append(item)
                 self.progress.move("waiting", "pending", f"lease expired {cell_id}")
 
     def cancel(self) -> None:

@@ -110,6 +110,12 @@ class Store:
     def write_json(self, path: str, value: Any) -> None:
         self.write_atomic(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
 
+    def create_json(self, path: str, value: Any) -> bool:
+        """Create `path` holding `value` unless it exists (`workers.storage.create_exclusive`);
+        True if this call created it."""
+        data = json.dumps(value, indent=1, sort_keys=True, default=str).encode()
+        return storage.create_exclusive(self.fs, path, data)
+
     def read_json(self, path: str) -> Any:
         """A JSON file's value; a torn or corrupt one is a ValueError naming the file."""
         with self.fs.open_input_stream(path) as stream:

@@ -19,7 +19,10 @@ def ray_local():
     """A real local Ray for the module's tests, on 127.0.0.1, stopped afterwards."""
     import ray
 
+    from orchestrator.driver import loopback_only
+
     # address="local": a fresh instance even when a `ray start` head runs on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    with loopback_only():
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()

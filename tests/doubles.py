@@ -4,6 +4,8 @@ It really sleeps, writes loss rows (layout and schema of docs/contracts.md) in f
 result row, and is steered by marker files in `<store>/../double/` so that tests in other processes
 (Ray workers, a driver subprocess) can make one cell:
 - `fail/<cell_id>`: raise every time (until the file is removed: "the cause is fixed");
+- `misconfigured/<cell_id>`: raise FileNotFoundError for its data, as a cell with missing token
+  shards does (a configuration error: never retried);
 - `kill/<cell_id>`: SIGKILL its own process after the first flush, once (the file is consumed);
 - `sleep_s`: total seconds a cell sleeps (default 0.2).
 A cell of world size k > 1 checks that it runs in a torch process group of k ranks (all_reduce);
@@ -48,6 +50,8 @@ def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None
     if (control / "fail" / cell.cell_id).exists():
         time.sleep(sleep_s / 4)
         raise InjectedFailure(f"injected failure of {cell.cell_id}")
+    if (control / "misconfigured" / cell.cell_id).exists():
+        raise FileNotFoundError(f"data source {cell.data.source!r}: train.bin is missing")
 
     if cell.world_size > 1 and _rank_in_process_group(cell.world_size) != 0:
         return {}  # like the real worker, only rank 0 writes rows and the result

@@ -26,6 +26,8 @@ DOUBLE = ["--cell-fn", "doubles:run_cell"]
 
 
 def environment(**extra: str) -> dict[str, str]:
+    """The test's environment without Ray settings; this checkout first on the path (not the one
+    an editable install points at), then the test doubles."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     # this checkout's code, not whichever one the virtual environment's editable install names
     path = os.pathsep.join([str(REPO / "tests"), str(REPO)])
@@ -260,7 +262,7 @@ def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, t
             dashboard,
             "--",
             "env",
-            f"PYTHONPATH={REPO / 'tests'}",
+            f"PYTHONPATH={REPO}{os.pathsep}{REPO / 'tests'}",
             COMPSCALE,
             "submit",
             str(spec),
@@ -278,3 +280,72 @@ def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, t
     assert "succeeded" in job.stdout + job.stderr
     store = Store(tmp_path / "b")
     assert {store.status(c).state for c in store.manifest("remote")} == {"done"}
+
+
+def start_driver(spec: Path, cwd: Path) -> subprocess.Popen:
+    """`python -m orchestrator.cli submit SPEC` with the double, as its own process session."""
+    command = [sys.executable, "-m", "orchestrator.cli", "submit", str(spec), *DOUBLE]
+    command += ["--heartbeat-s", "0.5", "--lease-s", "10"]
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(drivers: list[subprocess.Popen]) -> list[tuple[str, str]]:
+    try:
+        return [driver.communicate(timeout=300) for driver in drivers]
+    finally:
+        for driver in drivers:
+            kill_session(driver.pid)
+
+
+def assert_each_cell_trained_once(store: Store, cell_ids: list[str]) -> None:
+    assert {store.status(c).state for c in cell_ids} == {"done"}
+    assert {c: running_events(store, c) for c in cell_ids} == dict.fromkeys(cell_ids, 1)
+    duplicated = store.query(
+        "select count(*) from (select cell_id, step from losses_raw group by all "
+        "having count(*) > 1)"
+    )
+    assert duplicated.fetchall() == [(0,)]
+    assert store.query("select count(*) from losses_raw").fetchall() == [(8 * len(cell_ids),)]
+    deaths = store.query("select count(*) from events where error_class = 'WorkerDied'")
+    assert deaths.fetchall() == [(0,)]  # nothing died, so no death is on record
+
+
+@pytest.mark.heavy
+def test_two_submits_of_one_sweep_at_once_train_it_once_and_the_second_refuses(tmp_path):
+    spec = write_spec(tmp_path / "twice.yaml", "twice", ["dense", "int4", "int8"], max_in_flight=2)
+    (tmp_path / "double").mkdir()
+    (tmp_path / "double" / "sleep_s").write_text("1")
+    drivers = [start_driver(spec, tmp_path) for _ in range(2)]
+    outputs = finish(drivers)
+    codes = [driver.returncode for driver in drivers]
+    assert sorted(codes) == [0, 2], outputs
+    winner, refused = drivers[codes.index(0)], outputs[codes.index(2)]
+    (line,) = refused[1].strip().splitlines()  # one line, naming the driver that runs it
+    assert "sweep twice is already being run" in line, line
+    assert f"host {socket.gethostname()}, pid {winner.pid}, since " in line, line
+    store = Store(tmp_path / "store")
+    assert_each_cell_trained_once(store, store.manifest("twice"))
+
+
+@pytest.mark.heavy
+def test_two_sweeps_sharing_cells_at_once_train_each_shared_cell_once(tmp_path):
+    shared = ["int4", "int8", "sp50"]
+    first = write_spec(tmp_path / "a.yaml", "a", [*shared, "dense"], max_in_flight=2)
+    second = write_spec(tmp_path / "b.yaml", "b", [*shared, "int2"], max_in_flight=2)
+    (tmp_path / "double").mkdir()
+    (tmp_path / "double" / "sleep_s").write_text("2")
+    drivers = [start_driver(first, tmp_path), start_driver(second, tmp_path)]
+    outputs = finish(drivers)
+    assert [driver.returncode for driver in drivers] == [0, 0], outputs
+    store = Store(tmp_path / "store")
+    cells = sorted(set(store.manifest("a")) | set(store.manifest("b")))
+    assert len(cells) == 5
+    assert_each_cell_trained_once(store, cells)

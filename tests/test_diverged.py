@@ -49,7 +49,7 @@ def test_the_driver_records_diverged_so_rerun_failed_sees_it(tmp_path):
     diverging = cell(20, lr=1e6)
     store.put_cell(diverging)
     with pytest.raises(Diverged):
-        execute_cell(diverging.model_dump_json(), store.uri, run_cell, heartbeat_s=60)
+        execute_cell(diverging.model_dump_json(), store.uri, run_cell, "t1", heartbeat_s=60)
     status = store.status(diverging.cell_id)
     assert (status.state, status.event["error_class"]) == ("failed", "Diverged")
     assert "at step" in status.event["message"]

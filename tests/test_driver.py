@@ -3,6 +3,7 @@ SIGKILLed worker is retried, a raising cell ends failed with its traceback, done
 are skipped."""
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -170,7 +171,11 @@ def test_an_attempt_that_wrote_its_result_then_died_is_not_rerun(tmp_path):
     doubles.run_cell(cell, store.uri)  # the result lands; then the task dies before `done`
     stale = {"attempt": 1, "host": "h", "pid": 1, "unix_time": time.time() - 120}
     store.write_json(store.layout.cell(cell.cell_id).heartbeat, stale)
-    assert [item.action for item in plan([cell], store, lease_s=60)] == ["skip"]
+    planned = plan([cell], store, lease_s=60)
+    assert [item.action for item in planned] == ["skip"]
+    options = {"resources": Resources(), "retries": 0, "max_in_flight": 1}
+    assert drive("faults", planned, store, cell_fn=doubles.run_cell, **options)["done"] == 0
+    assert store.status(cell.cell_id).state == "done"  # no longer shown running forever
 
 
 def test_cells_in_flight_default_to_twice_what_the_cluster_runs_at_once(tmp_path):
@@ -185,3 +190,97 @@ def test_cells_in_flight_default_to_twice_what_the_cluster_runs_at_once(tmp_path
     ]
     assert auto_in_flight({"CPU": 16.0}, cpu_only, ddp) == 8
     assert auto_in_flight({"CPU": 1.0}, Resources(cpus=4), planned) == 2  # never below 2
+
+
+def attempts_started(store: Store, cell_id: str) -> list[int]:
+    return [
+        row[0]
+        for row in store.query(
+            f"select attempt from events where cell_id = '{cell_id}' and state = 'running' "
+            "order by attempt"
+        ).fetchall()
+    ]
+
+
+@pytest.mark.parametrize("died_after", ["pending", "failed"])
+def test_a_restarted_driver_spends_what_is_left_of_a_failing_cells_retry_budget(
+    ray_local, tmp_path, died_after
+):
+    store = Store(tmp_path / "store")
+    spec = parse_spec(SPEC)
+    cell = expand(spec)[0]
+    mark(tmp_path, "fail", cell.cell_id)
+    # A driver before this one saw two application failures, then was killed before (failed) or
+    # after (pending) it queued the cell again.
+    for attempt in (1, 2):
+        store.record(cell.cell_id, "running", attempt, host="h", pid=1)
+        store.record(cell.cell_id, "failed", attempt, error_class="InjectedFailure", retryable=True)
+    if died_after == "pending":
+        store.record(cell.cell_id, "pending", 0)
+    planned = plan([cell], store, retries=2)
+    assert [item.action for item in planned] == ["run"]
+    counts = drive(
+        spec.name, planned, store, resources=spec.resources, retries=2, cell_fn=doubles.run_cell
+    )
+    assert counts == {"done": 0, "failed": 1, "cancelled": 0}
+    assert attempts_started(store, cell.cell_id) == [1, 2, 3]  # one more try, not 1 + retries
+    assert [item.action for item in plan([cell], store, retries=2)] == ["hold"]
+
+
+def test_a_configuration_error_is_recorded_once_and_never_retried(ray_local, tmp_path):
+    store = Store(tmp_path / "store")
+    spec = parse_spec(SPEC)
+    cell = expand(spec)[0]
+    mark(tmp_path, "misconfigured", cell.cell_id)
+    counts = drive(
+        spec.name,
+        plan([cell], store),
+        store,
+        resources=spec.resources,
+        retries=3,
+        cell_fn=doubles.run_cell,
+    )
+    assert counts == {"done": 0, "failed": 1, "cancelled": 0}
+    assert attempts_started(store, cell.cell_id) == [1]
+    status = store.status(cell.cell_id)
+    assert (status.event["error_class"], status.event["retryable"]) == ("FileNotFoundError", False)
+    assert [item.action for item in plan([cell], store, retries=3)] == ["hold"]
+
+
+def test_a_cell_another_task_claimed_is_held_until_it_finishes_there(ray_local, tmp_path):
+    store = Store(tmp_path / "store")
+    spec = parse_spec(SPEC)
+    cell = expand(spec)[0]
+    # Another sweep's driver started attempt 1 and is alive; then this driver's `pending` landed.
+    other = {"token": "other-task", "host": "elsewhere", "pid": 1, "unix_time": time.time()}
+    store.create_json(store.layout.cell(cell.cell_id).claim(1), other)
+    store.record(cell.cell_id, "running", 1, host="elsewhere", pid=1)
+    store.heartbeat(cell.cell_id, 1, "elsewhere", 1)
+    store.record(cell.cell_id, "pending", 0)
+    planned = plan([cell], store, lease_s=8)
+    assert [item.action for item in planned] == ["run"]  # its latest event says pending
+
+    finisher = threading.Timer(3, store.record, (cell.cell_id, "done", 1))
+    finisher.start()
+    counts = drive(
+        spec.name,
+        planned,
+        store,
+        resources=spec.resources,
+        retries=0,
+        cell_fn=doubles.run_cell,
+        lease_s=8,
+    )
+    finisher.join()
+    assert counts["done"] == 1
+    assert attempts_started(store, cell.cell_id) == [1]  # this driver never started it
+    assert store.status(cell.cell_id).state == "done"
+
+
+def test_a_death_as_the_last_word_runs_again_and_a_cell_ray_gave_up_on_is_held(tmp_path):
+    store = Store(tmp_path / "store")
+    dead, crashing = expand(parse_spec(SPEC))[:2]
+    store.record(dead.cell_id, "failed", 1, error_class="WorkerDied")  # its heir stopped too
+    store.record(crashing.cell_id, "failed", 7, error_class="WorkerCrashedError", retryable=False)
+    actions = [item.action for item in plan([dead, crashing], store, retries=6)]
+    assert actions == ["run", "hold"]

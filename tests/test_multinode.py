@@ -33,8 +33,9 @@ retries: 1
 def cluster():
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    loopback = {"node_ip_address": "127.0.0.1"}  # the driver joins it there (`connect`)
+    cluster = Cluster(initialize_head=True, head_node_args=loopback | {"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1, **loopback) for _ in range(2)]
     cluster.wait_for_nodes()
     yield cluster, workers
     cluster.shutdown()

@@ -10,7 +10,9 @@ from strings, so the layout in docs/contracts.md is written down in code exactly
     cells/<cell_id>/result.parquet                         the one result row, written last
     cells/<cell_id>/status/<utc-ts>-a<k>-<state>.json      append-only status events
     cells/<cell_id>/heartbeat.json                         the running attempt's lease
+    cells/<cell_id>/claims/attempt-<k>.json                who started attempt k (created once)
     sweeps/<name>/spec.yaml, manifest.json, cancel/<utc-ts>.json, driver.log
+    sweeps/<name>/drivers/<generation:06d>.json            driver claims; the highest one holds
     sweeps/<name>/reduction/, report/                      reducer tables and the report
 """
 
@@ -27,6 +29,8 @@ EVENT_NAME = re.compile(
     r"^(?P<stamp>\d{8}T\d{6}\.\d{6}Z)-a(?P<attempt>\d+)-(?P<state>[a-z]+)\.json$"
 )
 ATTEMPT_DIR = re.compile(r"^attempt-(?P<attempt>\d+)$")
+CLAIM_NAME = re.compile(r"^attempt-(?P<attempt>\d+)\.json$")
+DRIVER_CLAIM_NAME = re.compile(r"^(?P<generation>\d{6})\.json$")
 CHECKPOINT_NAME = re.compile(r"^step-(?P<steps>\d{9})\.pt$")
 # Files found by listing the whole store (paths relative to its root).
 LOSS_PART = re.compile(r"(^|/)cells/[^/]+/losses/attempt-\d+/part-\d+\.parquet$")
@@ -101,6 +105,14 @@ class CellPaths:
     def heartbeat(self) -> str:
         return f"{self.directory}/heartbeat.json"
 
+    @property
+    def claims(self) -> str:
+        return f"{self.directory}/claims"
+
+    def claim(self, attempt: int) -> str:
+        """Created exclusively by the task that starts attempt `attempt`: one starter per number."""
+        return f"{self.claims}/attempt-{attempt}.json"
+
 
 @dataclass(frozen=True)
 class SweepPaths:
@@ -126,6 +138,14 @@ class SweepPaths:
     @property
     def driver_log(self) -> str:
         return f"{self.directory}/driver.log"
+
+    @property
+    def drivers(self) -> str:
+        return f"{self.directory}/drivers"
+
+    def driver_claim(self, generation: int) -> str:
+        """Created exclusively by the driver that takes the sweep; a takeover creates the next."""
+        return f"{self.drivers}/{generation:06d}.json"
 
     @property
     def reduction(self) -> str:
@@ -161,6 +181,18 @@ def event_attempt(name: str) -> int | None:
     """The attempt number in a status event's file name (None if it is not one)."""
     match = EVENT_NAME.match(name)
     return int(match["attempt"]) if match else None
+
+
+def claim_number(name: str) -> int | None:
+    """The attempt number of a `claims/attempt-<k>.json` file name (None if it is not one)."""
+    match = CLAIM_NAME.match(name)
+    return int(match["attempt"]) if match else None
+
+
+def driver_generation(name: str) -> int | None:
+    """The generation of a `drivers/<generation>.json` file name (None if it is not one)."""
+    match = DRIVER_CLAIM_NAME.match(name)
+    return int(match["generation"]) if match else None
 
 
 def attempt_number(name: str) -> int | None:

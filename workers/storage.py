@@ -7,12 +7,13 @@ are invisible to `list_names`.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pyarrow.fs as pafs
 
 from workers.config import CellConfig
-from workers.layout import CellPaths, Layout, attempt_number, event_attempt
+from workers.layout import CellPaths, Layout, attempt_number, claim_number, event_attempt
 
 TEMP_PREFIX = ".tmp-"
 
@@ -36,6 +37,36 @@ def write_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
     filesystem.move(temp, path)
 
 
+def create_exclusive(filesystem: pafs.FileSystem, path: str, data: bytes) -> bool:
+    """Create `path` holding `data` unless it exists; True if this call created it.
+
+    On a local disk this is atomic: a finished temporary file is hard-linked to the name, which
+    fails if the name exists (POSIX `link`), so exactly one of any number of racing callers wins
+    and nobody ever sees a partial file. An object store has no conditional PUT through pyarrow,
+    so there it is a create-if-absent that re-reads the object to confirm `data` is what landed.
+    Residual window: two callers that both find the name absent before either write lands may
+    both see their own bytes if each re-reads before the other's write; `data` should carry a
+    unique token so a holder can re-check ownership later (sweep claims do, on every renewal).
+    """
+    parent, name = path.rsplit("/", 1)
+    filesystem.create_dir(parent, recursive=True)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        temp = f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
+        with open(temp, "wb") as stream:
+            stream.write(data)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temp)
+        return True
+    if is_file(filesystem, path):
+        return False
+    write_atomic(filesystem, path, data)
+    return read_bytes(filesystem, path) == data
+
+
 def list_names(filesystem: pafs.FileSystem, directory: str) -> list[str]:
     """Sorted base names directly under `directory` ([] if it is absent), temp files hidden."""
     selector = pafs.FileSelector(directory, allow_not_found=True)
@@ -55,11 +86,13 @@ def next_attempt(filesystem: pafs.FileSystem, cell: CellPaths) -> int:
     `train-cell` outside the orchestrator) and hands it to the worker, so status events, loss rows
     and the result row all carry the same k. An attempt shows as a `running` event (the wrapper
     records it first, before anything can fail) or as a `losses/attempt-<k>` folder (a run outside
-    the orchestrator), so a new attempt never writes into an old attempt's folder.
+    the orchestrator), so a new attempt never writes into an old attempt's folder. A driver's
+    task claims its number first (`claims/attempt-<k>.json`), so a claim counts too.
     """
     events = [event_attempt(name) for name in list_names(filesystem, cell.status)]
     folders = [attempt_number(name) for name in list_names(filesystem, cell.losses)]
-    return 1 + max((k for k in events + folders if k is not None), default=0)
+    claims = [claim_number(name) for name in list_names(filesystem, cell.claims)]
+    return 1 + max((k for k in events + folders + claims if k is not None), default=0)
 
 
 def write_cell_config(filesystem: pafs.FileSystem, layout: Layout, cell: CellConfig) -> None:
