@@ -76,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--noise", type=float,
         help="log-loss scatter of a new cell (default: the fit's RMSE of log loss)",
     )  # fmt: skip
+    command.add_argument(
+        "--max-copies", type=int, default=4,
+        help="most new seeds of one cell (default 4): spreads the budget over cells",
+    )  # fmt: skip
     command.add_argument("--out", help="proposal YAML (default: SWEEP-next.yaml)")
     command.set_defaults(func=next_command)
 
@@ -260,7 +264,9 @@ def next_command(args: argparse.Namespace) -> int:
     candidates, entries, skipped = candidates_of(grid, set(ensemble.fitted_formats()))
     if skipped:
         print(f"not candidates (no fitted rho): {', '.join(skipped)}", file=sys.stderr)
-    proposal = propose(ensemble, candidates, args.budget_flops, args.target, args.noise)
+    proposal = propose(
+        ensemble, candidates, args.budget_flops, args.target, args.noise, args.max_copies
+    )
     if not proposal.picks:
         raise ValueError(
             f"--budget-flops: {args.budget_flops:.3g} buys no candidate that helps "

@@ -103,9 +103,14 @@ def propose(
     budget_flops: float,
     target: str = "rho",
     noise: float | None = None,
+    max_copies: int | None = None,
 ) -> Proposal:
     """Greedy picks of the candidate that most reduces the summed variance of the target
-    quantities per FLOP, until no candidate fits the budget left (see the module docstring)."""
+    quantities per FLOP, until no candidate fits the budget left (see the module docstring).
+
+    `max_copies` caps the seeds of one candidate: the update trusts the law at every cell, so
+    without a cap it would spend a large budget on copies of the cheapest informative cell,
+    where a misfit of the law would then bias the target."""
     if budget_flops <= 0:
         raise ValueError(f"budget: FLOPs must be positive, got {budget_flops}")
     if not candidates:
@@ -122,9 +127,11 @@ def propose(
     noise_var = (ensemble.noise if noise is None else noise) ** 2
     cost = np.array([c.flops for c in candidates])
     columns = len(names) + np.arange(len(candidates))
+    copies = np.zeros(len(candidates), dtype=int)
+    cap = math.inf if max_copies is None else max_copies
     picks, gains, left = [], [], budget_flops
     while True:
-        affordable = np.flatnonzero(cost <= left)
+        affordable = np.flatnonzero((cost <= left) & (copies < cap))
         if not affordable.size:
             break
         cross = covariance[: len(names)][:, columns[affordable]]
@@ -135,6 +142,7 @@ def propose(
         best = affordable[np.argmax(gain / cost[affordable])]
         column = covariance[:, columns[best]].copy()
         covariance -= np.outer(column, column) / (column[columns[best]] + noise_var)
+        copies[best] += 1
         picks.append(int(best))
         gains.append(float(gain[np.flatnonzero(affordable == best)[0]]))
         left -= cost[best]
@@ -156,8 +164,3 @@ def random_picks(
         picks.append(pick)
         left -= cost[pick]
     return picks
-
-
-def summed_width(widths: np.ndarray) -> float:
-    """One number for a target: the mean of its quantities' interval widths."""
-    return float(np.mean(widths)) if len(widths) else math.nan
