@@ -8,7 +8,7 @@ from the previous round's fit, 50 bootstrap resamples) and the mean 95% interval
 capacities and their mean absolute error against the truth are recorded. Last: the FLOPs each
 strategy needs to reach the width the grid reaches at its end (log-interpolated between rounds).
 
-    python benchmarks/adaptive.py [--repetitions 5] [--rounds 5] [--bootstrap 50]
+    python benchmarks/adaptive.py [--repetitions 5] [--rounds 4] [--bootstrap 50]
 """
 
 from __future__ import annotations
@@ -95,11 +95,8 @@ def repetition(seed: int, rounds: int, bootstrap: int) -> dict[str, list[tuple]]
             s["left"] = budget - spent
             more = simulate([candidates[i] for i in picks], noise, rng)
             s["data"] = pd.concat([s["data"], more], ignore_index=True)
-            warm = [s["fit"].theta] + (
-                [s["fit"].runner_up] if s["fit"].runner_up is not None else []
-            )
             s["ensemble"], s["fit"] = fit_ensemble(
-                s["data"], bootstrap=bootstrap, seed=seed, warm_starts=warm
+                s["data"], bootstrap=bootstrap, seed=seed, warm_starts=[s["fit"].theta]
             )
             total = history[name][-1][0] + spent
             history[name].append((total, *measure(s["ensemble"]), len(s["data"])))
@@ -120,7 +117,7 @@ def flops_to_reach(history: list[tuple], width: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--bootstrap", type=int, default=50)
     args = parser.parse_args()
     started = time.perf_counter()

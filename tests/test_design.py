@@ -70,6 +70,8 @@ def test_a_format_with_wide_rho_draws_gets_the_cells():
     for pick, gain in zip(proposal.picks, proposal.gains, strict=True):
         assert gain <= first_gain.setdefault(pick, gain)  # a second copy is worth less
     assert len(first_gain) < len(proposal.picks)
+    capped = propose(ensemble, candidates, budget_flops=10 * 6e13, max_copies=1).picks
+    assert len(capped) == len(set(capped)) > 1  # each cell once at most
     assert propose(ensemble, candidates, 6e13, target="law").targets == ["alpha", "beta"]
     with pytest.raises(ValueError, match="no composition quantities"):
         propose(ensemble, candidates, 6e13, target="composition")
