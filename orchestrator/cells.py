@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from orchestrator.spec import SpecError, SweepSpec
 from workers.config import CellConfig
 from workers.data import DataShape, describe, validation_tokens_needed
+from workers.ladder import with_horizon
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ def expand(spec: SweepSpec, source: str = "<spec>") -> list[CellConfig]:
     A relative budget becomes `round(tokens_per_param * N)` tokens for each model's N. Two entries
     that resolve to the same cell are an error naming the second one's YAML path, and so is a cell
     that could not run (`_check_runnable`): better in `validate` than hours later on a worker.
+    WSD cells get their ladder's shared horizon (`workers.ladder.with_horizon`).
     """
     cells: list[CellConfig] = []
     origin_of: dict[str, str] = {}
@@ -88,7 +90,7 @@ def expand(spec: SweepSpec, source: str = "<spec>") -> list[CellConfig]:
         budget = f"{path}.tokens" if extra.tokens else f"{path}.tokens_per_param"
         layers = ((f"{path}.model.train", extra.model.train), (f"{path}.train", extra.train))
         add(cell, _Origin(path, budget, f"{path}.model", layers))
-    return cells
+    return with_horizon(cells)
 
 
 def _data_shape(spec: SweepSpec, source: str) -> DataShape | None:

@@ -33,13 +33,28 @@ def _checkpoints(filesystem: pafs.FileSystem, cell: CellPaths) -> list[str]:
     ]
 
 
-def save(store_uri: str, cell_id: str, steps: int, state: dict[str, Any]) -> str:
-    """Write `state` as the checkpoint after `steps` completed steps; keep the last KEEP_LAST."""
-    filesystem, cell = _cell(store_uri, cell_id)
+def _trunk(store_uri: str, trunk_id: str) -> tuple[pafs.FileSystem, CellPaths]:
+    location = resolve(store_uri)
+    return location.filesystem, Layout(location.root).trunk(trunk_id)
+
+
+def _save(filesystem: pafs.FileSystem, cell: CellPaths, steps: int, state: dict[str, Any]) -> str:
     buffer = io.BytesIO()
     torch.save(state | {"steps": steps}, buffer)
     path = cell.checkpoint(steps)
     storage.write_atomic(filesystem, path, buffer.getvalue())
+    return path
+
+
+def _load(filesystem: pafs.FileSystem, path: str, device: torch.device) -> dict[str, Any]:
+    data = storage.read_bytes(filesystem, path)
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+
+
+def save(store_uri: str, cell_id: str, steps: int, state: dict[str, Any]) -> str:
+    """Write `state` as the checkpoint after `steps` completed steps; keep the last KEEP_LAST."""
+    filesystem, cell = _cell(store_uri, cell_id)
+    path = _save(filesystem, cell, steps, state)
     for old in _checkpoints(filesystem, cell)[:-KEEP_LAST]:
         filesystem.delete_file(old)
     return path
@@ -49,10 +64,30 @@ def load_latest(store_uri: str, cell_id: str, device: torch.device) -> dict[str,
     """The newest checkpoint of the cell (tensors on `device`), or None when there is none."""
     filesystem, cell = _cell(store_uri, cell_id)
     paths = _checkpoints(filesystem, cell)
-    if not paths:
+    return _load(filesystem, paths[-1], device) if paths else None
+
+
+def save_trunk(store_uri: str, trunk_id: str, steps: int, state: dict[str, Any]) -> str:
+    """A trunk's checkpoint at a fork step; all are kept, since each is a branch's start."""
+    return _save(*_trunk(store_uri, trunk_id), steps, state)
+
+
+def trunk_steps(store_uri: str, trunk_id: str) -> list[int]:
+    """The steps at which the trunk has a checkpoint, ascending."""
+    filesystem, trunk = _trunk(store_uri, trunk_id)
+    names = [path.rsplit("/", 1)[1] for path in _checkpoints(filesystem, trunk)]
+    return [int(CHECKPOINT_NAME.match(name)["steps"]) for name in names]
+
+
+def load_trunk(
+    store_uri: str, trunk_id: str, steps: int, device: torch.device
+) -> dict[str, Any] | None:
+    """The trunk's checkpoint after `steps` steps, or None when it has none there."""
+    filesystem, trunk = _trunk(store_uri, trunk_id)
+    path = trunk.checkpoint(steps)
+    if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
         return None
-    data = storage.read_bytes(filesystem, paths[-1])
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    return _load(filesystem, path, device)
 
 
 def clear(store_uri: str, cell_id: str) -> None:

@@ -121,6 +121,18 @@ class TrainConfig(_Frozen):
     )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
+    schedule: Literal["cosine", "wsd"] = Field(
+        default="cosine",
+        description="cosine: warm-up then cosine decay over the cell's steps; wsd: warm-up, "
+        "constant, then a 1-sqrt cooldown over the last cooldown_fraction (workers.ladder)",
+    )
+    cooldown_fraction: float = Field(default=0.2, gt=0, le=1)
+    horizon_steps: int = Field(
+        default=0,
+        ge=0,
+        description="wsd: the steps warmup_fraction and sparsity_ramp_fraction are fractions of "
+        "(sweeps set the model's smallest budget, so every budget shares one trunk); 0 = own steps",
+    )
 
 
 class DataConfig(_Frozen):
@@ -132,6 +144,8 @@ class DataConfig(_Frozen):
 
 # Fields that change how a run is carried out but not its result; they stay out of the cell's id.
 _NOT_IDENTITY = {"world_size": True, "train": {"checkpoint_every", "eval_every"}}
+# Fields a cosine cell ignores: left out of its id, so cells from before WSD keep their ids.
+_WSD_ONLY = ("schedule", "cooldown_fraction", "horizon_steps")
 
 
 class CellConfig(_Frozen):
@@ -180,6 +194,10 @@ class CellConfig(_Frozen):
     def canonical_json(self) -> str:
         """The identity of the cell: every field that changes the result, sorted, no labels."""
         identity = self.model_dump(mode="json", exclude=_NOT_IDENTITY)
+        if self.train.schedule == "cosine":
+            identity["train"] = {
+                key: value for key, value in identity["train"].items() if key not in _WSD_ONLY
+            }
         return json.dumps(identity, sort_keys=True, separators=(",", ":"))
 
     @property

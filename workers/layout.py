@@ -176,6 +176,15 @@ class Layout:
     def sweep(self, name: str) -> SweepPaths:
         return SweepPaths(f"{self.sweeps}/{name}")
 
+    @property
+    def trunks(self) -> str:
+        return f"{self.root}/trunks"
+
+    def trunk(self, trunk_id: str) -> CellPaths:
+        """A WSD trunk shared by a ladder's cells (`workers.ladder`): its checkpoints at the fork
+        steps and its loss rows, laid out as a cell's, outside `cells/` since it is no cell."""
+        return CellPaths(f"{self.trunks}/{trunk_id}")
+
 
 def event_attempt(name: str) -> int | None:
     """The attempt number in a status event's file name (None if it is not one)."""

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from workers import storage
-from workers.layout import Layout, resolve
+from workers.layout import CellPaths, Layout, resolve
 from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 
@@ -33,9 +33,17 @@ def table_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
 class LossSink:
     """Buffers loss rows of one attempt and writes them as numbered Parquet parts."""
 
-    def __init__(self, store_uri: str, cell_id: str, attempt: int, flush_seconds: float = 5.0):
+    def __init__(
+        self,
+        store_uri: str,
+        cell_id: str,
+        attempt: int,
+        flush_seconds: float = 5.0,
+        paths: CellPaths | None = None,
+    ):
         location = resolve(store_uri)
-        self.filesystem, self.paths = location.filesystem, Layout(location.root).cell(cell_id)
+        self.filesystem = location.filesystem
+        self.paths = paths or Layout(location.root).cell(cell_id)
         self.filesystem.create_dir(self.paths.attempt(attempt), recursive=True)
         self.cell_id, self.attempt = cell_id, attempt
         self.flush_seconds = flush_seconds
@@ -84,10 +92,12 @@ def _floats(values: list[Any]) -> list[float | None]:
     return [next(converted) if isinstance(value, torch.Tensor) else value for value in values]
 
 
-def read_losses(store_uri: str, cell_id: str) -> pa.Table:
-    """All loss rows of a cell, one per step: the row from the highest attempt wins."""
+def read_losses(store_uri: str, cell_id: str, paths: CellPaths | None = None) -> pa.Table:
+    """All loss rows of a cell (or of the trunk at `paths`), one per step: the row from the
+    highest attempt wins."""
     location = resolve(store_uri)
-    filesystem, losses = location.filesystem, Layout(location.root).cell(cell_id).losses
+    filesystem = location.filesystem
+    losses = (paths or Layout(location.root).cell(cell_id)).losses
     tables = []
     for attempt in storage.list_paths(filesystem, losses):
         for part in storage.list_paths(filesystem, attempt):

@@ -15,8 +15,10 @@ import contextlib
 import math
 import platform
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -30,7 +32,9 @@ from workers.config import CellConfig, TrainConfig
 from workers.distributed import Runtime, close_runtime, init_runtime
 from workers.layout import Layout, resolve
 from workers.model import Transformer
-from workers.sink import LossSink
+from workers.schedule import cooldown_start, horizon, learning_rate, total_steps
+from workers.schema import LOSS_SCHEMA
+from workers.sink import LossSink, read_losses
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag (one sync each)
 
@@ -62,7 +66,23 @@ class _DivergenceWatch:
         return None
 
 
-def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Ladder:
+    """A run's part in a WSD ladder (`workers.ladder`). With `forks`, the run is the trunk: it
+    stops after the last fork step and keeps a checkpoint at each (under `trunks/<trunk_id>`),
+    writing no result. Without, it is a branch: a cell that, lacking a checkpoint of its own,
+    starts from the trunk's checkpoint at its cooldown start, with the trunk's loss rows."""
+
+    trunk_id: str
+    forks: tuple[int, ...] = ()
+
+
+def run_cell(
+    cell: CellConfig | dict,
+    store_uri: str,
+    attempt: int | None = None,
+    ladder: Ladder | None = None,
+) -> dict[str, Any]:
     """Train `cell` as attempt `attempt` (resuming from its latest checkpoint in the store) and
     return its result row. The caller that starts the attempt numbers it (the driver's task
     wrapper); None means "the cell's next attempt" (`storage.next_attempt`), for runs outside the
@@ -70,7 +90,7 @@ def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None
     cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
     runtime = init_runtime(cell.world_size)
     try:
-        return train(cell, store_uri, runtime, attempt)
+        return train(cell, store_uri, runtime, attempt, ladder)
     finally:
         close_runtime(runtime)
 
@@ -79,7 +99,7 @@ def plan_steps(cell: CellConfig, world_size: int) -> tuple[int, int, int]:
     """(optimizer steps, per-rank micro-batch in sequences, micro-batches per step) for a cell."""
     train_config, seq_len = cell.train, cell.model.seq_len
     tokens_per_step = train_config.batch_size * seq_len
-    steps = cell.tokens // tokens_per_step
+    steps = total_steps(cell)
     if steps == 0:
         raise ValueError(
             f"tokens={cell.tokens} is less than one global batch "
@@ -92,16 +112,6 @@ def plan_steps(cell: CellConfig, world_size: int) -> tuple[int, int, int]:
     if per_rank % micro:
         raise ValueError(f"per-rank batch {per_rank} is not divisible by micro_batch_size={micro}")
     return steps, micro, per_rank // micro
-
-
-def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
-    """Linear warmup over `warmup_fraction` of the steps, then cosine decay to `min_lr_ratio`."""
-    warmup = int(config.warmup_fraction * total_steps)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
 def make_optimizer(
@@ -171,10 +181,34 @@ def evaluate(
     return (totals[0] / totals[1]).item()
 
 
+def _start_state(
+    cell: CellConfig,
+    store_uri: str,
+    runtime: Runtime,
+    ladder: Ladder | None,
+) -> dict[str, Any] | None:
+    """The run's own latest checkpoint: the cell's, or a trunk's newest up to its last fork."""
+    if ladder is None or not ladder.forks:
+        return checkpoint.load_latest(store_uri, cell.cell_id, runtime.device)
+    steps = [
+        s for s in checkpoint.trunk_steps(store_uri, ladder.trunk_id) if s <= max(ladder.forks)
+    ]
+    return (
+        checkpoint.load_trunk(store_uri, ladder.trunk_id, steps[-1], runtime.device)
+        if steps
+        else None
+    )
+
+
 def train(
-    cell: CellConfig, store_uri: str, runtime: Runtime, attempt: int | None = None
+    cell: CellConfig,
+    store_uri: str,
+    runtime: Runtime,
+    attempt: int | None = None,
+    ladder: Ladder | None = None,
 ) -> dict[str, Any]:
-    """The training loop of one cell on one rank; returns the result row (on every rank)."""
+    """The training loop of one cell on one rank; returns the result row (on every rank), or
+    for a trunk its id and steps."""
     started = time.perf_counter()
     config, seq_len = cell.train, cell.model.seq_len
     fmt = parse(cell.format)
@@ -184,6 +218,8 @@ def train(
             f"data vocabulary {source.vocab_size} exceeds model vocab_size={cell.model.vocab_size}"
         )
     total_steps, micro_batch, accumulation = plan_steps(cell, runtime.world_size)
+    trunk = ladder is not None and bool(ladder.forks)
+    stop = max(ladder.forks) if trunk else total_steps
     tokens_per_step = config.batch_size * seq_len
     dtype = autocast_dtype(config, runtime.device)
 
@@ -191,8 +227,15 @@ def train(
     model = Transformer(cell.model, linear_factory(fmt)).to(runtime.device)
     optimizer = make_optimizer(model, config, runtime.device)
     parameters = list(model.parameters())
+    state, forked = _start_state(cell, store_uri, runtime, ladder), False
+    if state is None and ladder is not None and not trunk:
+        fork = cooldown_start(total_steps, config)
+        state = checkpoint.load_trunk(store_uri, ladder.trunk_id, fork, runtime.device)
+        if state is None:
+            raise FileNotFoundError(f"trunk {ladder.trunk_id} has no checkpoint at step {fork}")
+        forked = True
     start_step = 0
-    if (state := checkpoint.load_latest(store_uri, cell.cell_id, runtime.device)) is not None:
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["steps"]
@@ -207,19 +250,25 @@ def train(
     if runtime.is_main:
         location = resolve(store_uri)
         layout = Layout(location.root)
-        storage.write_cell_config(location.filesystem, layout, cell)
-        if attempt is None:
-            attempt = storage.next_attempt(location.filesystem, layout.cell(cell.cell_id))
-        sink = LossSink(store_uri, cell.cell_id, attempt)
+        paths = layout.trunk(ladder.trunk_id) if trunk else layout.cell(cell.cell_id)
+        if not trunk:
+            storage.write_cell_config(location.filesystem, layout, cell)
+        if attempt is None or trunk:
+            attempt = storage.next_attempt(location.filesystem, paths)
+        sink = LossSink(store_uri, cell.cell_id, attempt, paths=paths)
+        if forked:  # the trunk's rows are this cell's first steps
+            trunk_rows = read_losses(store_uri, "", paths=layout.trunk(ladder.trunk_id))
+            for row in trunk_rows.filter(pc.less(trunk_rows["step"], start_step)).to_pylist():
+                sink.append(**{name: row[name] for name in LOSS_SCHEMA.names[2:]})
 
     loop_started = previous = time.perf_counter()
     val_loss = None
     watch = _DivergenceWatch(runtime.device)
-    for step in range(start_step, total_steps):
+    for step in range(start_step, stop):
         torch.manual_seed(step_seed(cell.seed, step))
         sparsity = mask_update(
             step,
-            total_steps,
+            horizon(total_steps, config),
             fmt.sparsity,
             config.sparsity_ramp_fraction,
             every_step=fmt.refreshes_mask,
@@ -280,7 +329,8 @@ def train(
                 wall_time_s=now - started,
             )
         previous = now
-        due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < total_steps
+        due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < stop
+        due = due or (trunk and done in ladder.forks)
         checked = evaluated or due or done % DIVERGENCE_CHECK_EVERY == 0  # the end is evaluated
         if checked and (error := watch.error(step, step_val_loss)) is not None:
             if sink is not None:
@@ -289,8 +339,15 @@ def train(
         if due and runtime.is_main:
             sink.flush()  # rows up to a checkpoint are durable, so a resumed run leaves no gap
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-            checkpoint.save(store_uri, cell.cell_id, done, state)
+            if trunk:
+                checkpoint.save_trunk(store_uri, ladder.trunk_id, done, state)
+            else:
+                checkpoint.save(store_uri, cell.cell_id, done, state)
 
+    if trunk:
+        if sink is not None:
+            sink.flush()
+        return {"trunk_id": ladder.trunk_id, "steps": stop}
     trained_steps = total_steps - start_step
     train_seconds = time.perf_counter() - loop_started
     result = {

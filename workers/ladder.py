@@ -1,0 +1,93 @@
+"""WSD ladders: every token budget of one model, format and seed from one constant-LR trunk.
+
+Under the WSD schedule the learning rate before a cell's cooldown does not depend on its budget
+(the warm-up and sparsity ramp are fractions of the shared `horizon_steps`), and batches, masks
+and per-step seeds are pure functions of (seed, step). So the budgets' runs agree step for step
+up to each one's cooldown start: the trunk is trained once, to the last fork step, with a kept
+checkpoint at every fork, and each budget's cell is a branch that runs only its cooldown. Each
+budget stays its own cell with its own id, loss rows (the trunk's, then its own) and result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from itertools import groupby
+from typing import Any
+
+from workers.config import CellConfig
+from workers.schedule import cooldown_start, total_steps
+
+
+def trunk_key(cell: CellConfig) -> str:
+    """The cell's identity without its budget: cells with one key share a trunk."""
+    identity = json.loads(cell.canonical_json())
+    identity.pop("tokens")
+    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
+def trunk_id(cell: CellConfig) -> str:
+    """`trunk-<model>-<format>-s<seed>-<hash12>` of the trunk key."""
+    digest = hashlib.sha256(trunk_key(cell).encode()).hexdigest()[:12]
+    return f"trunk-{cell.cell_id.rsplit('-', 1)[0]}-{digest}"
+
+
+def fork_step(cell: CellConfig) -> int:
+    """The step at which the cell's branch leaves the trunk: its cooldown start."""
+    return cooldown_start(total_steps(cell), cell.train)
+
+
+def ladders(cells: Sequence[CellConfig]) -> list[list[CellConfig]]:
+    """WSD cells grouped by trunk (budgets ascending); every other cell alone, in order."""
+    alone = [[cell] for cell in cells if cell.train.schedule != "wsd"]
+    wsd = sorted((cell for cell in cells if cell.train.schedule == "wsd"), key=trunk_key)
+    grouped = [sorted(group, key=lambda c: c.tokens) for _, group in groupby(wsd, trunk_key)]
+    return alone + grouped
+
+
+def ladder_tokens(ladder: Sequence[CellConfig]) -> int:
+    """Tokens a ladder trains: the trunk once, to its last fork, plus each budget's cooldown."""
+    trunk = max(fork_step(cell) for cell in ladder)
+    cooldowns = sum(total_steps(cell) - fork_step(cell) for cell in ladder)
+    return (trunk + cooldowns) * ladder[0].train.batch_size * ladder[0].model.seq_len
+
+
+def with_horizon(cells: Sequence[CellConfig]) -> list[CellConfig]:
+    """WSD cells with `horizon_steps` 0 get the steps of their ladder's smallest budget, so the
+    warm-up and sparsity ramp are the same for every budget (what makes the trunk shared)."""
+    horizons = {
+        key: min(total_steps(c) for c in group)
+        for key, group in groupby(
+            sorted((c for c in cells if _needs_horizon(c)), key=trunk_key), trunk_key
+        )
+    }
+    return [
+        cell.model_copy(
+            update={"train": cell.train.model_copy(update={"horizon_steps": horizons[key]})}
+        )
+        if _needs_horizon(cell) and (key := trunk_key(cell)) in horizons
+        else cell
+        for cell in cells
+    ]
+
+
+def _needs_horizon(cell: CellConfig) -> bool:
+    return cell.train.schedule == "wsd" and cell.train.horizon_steps == 0
+
+
+def run_ladder(cells: Sequence[CellConfig], store_uri: str) -> list[dict[str, Any]]:
+    """Train the cells' shared trunk (resuming from its newest checkpoint; skipped when every
+    fork checkpoint exists), then each budget's cooldown from its fork. Returns the results."""
+    from workers import checkpoint  # torch: imported only where cells are trained
+    from workers.train import Ladder, run_cell
+
+    ladder = sorted(cells, key=lambda c: c.tokens)
+    keys = {trunk_key(cell) for cell in ladder}
+    if len(keys) != 1 or any(cell.train.schedule != "wsd" for cell in ladder):
+        raise ValueError("a ladder is WSD cells that differ only in their token budget")
+    trunk = trunk_id(ladder[0])
+    forks = tuple(sorted({fork_step(cell) for cell in ladder}))
+    if not set(forks) <= set(checkpoint.trunk_steps(store_uri, trunk)):
+        run_cell(ladder[-1], store_uri, ladder=Ladder(trunk, forks))
+    return [run_cell(cell, store_uri, ladder=Ladder(trunk)) for cell in ladder]
