@@ -162,6 +162,7 @@ def validate(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     from orchestrator.driver import plan as plan_cells
+    from workers.ladder import ladder_savings
 
     spec, _, cells = load(args.spec)
     store = open_store(args, must_exist=False)
@@ -182,6 +183,11 @@ def plan(args: argparse.Namespace) -> int:
     _print_table(f"sweep {spec.name} in {store.uri}", columns, rows)
     total = sum(item.cell.flops for item in planned if item.action in ("run", "rerun"))
     print(f"{len(cells)} cells: {_counts(planned)}; {total:.3g} FLOPs to run")
+    alone, laddered = ladder_savings(cells)
+    if laddered:
+        print(
+            f"WSD cells: {alone:.4g} tokens one by one, {laddered:.4g} as ladders (shared trunks)"
+        )
     return 0
 
 

@@ -9,7 +9,15 @@ import pytest
 
 from workers import run_cell
 from workers.config import CellConfig, TrainConfig, preset
-from workers.ladder import fork_step, ladder_tokens, ladders, run_ladder, trunk_id, with_horizon
+from workers.ladder import (
+    fork_step,
+    ladder_savings,
+    ladder_tokens,
+    ladders,
+    run_ladder,
+    trunk_id,
+    with_horizon,
+)
 from workers.layout import Layout
 from workers.schedule import learning_rate
 from workers.sink import read_losses
@@ -74,3 +82,9 @@ def test_a_ladder_branch_equals_the_independently_trained_cell(tmp_path, one_thr
     run_ladder(cells[:1], ladder_store)
     rows = read_losses(ladder_store, "", paths=trunk)
     assert pc.max(rows["attempt"]).as_py() == 1
+
+
+def test_savings_count_each_trunk_once():
+    cosine = CellConfig(model="tiny", format="dense", tokens=10**5)
+    assert ladder_savings([cosine]) == (0, 0)
+    assert ladder_savings([cosine, *_cells()]) == ((30 + 50 + 80) * 128, (64 + 6 + 10 + 16) * 128)

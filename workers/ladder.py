@@ -53,6 +53,13 @@ def ladder_tokens(ladder: Sequence[CellConfig]) -> int:
     return (trunk + cooldowns) * ladder[0].train.batch_size * ladder[0].model.seq_len
 
 
+def ladder_savings(cells: Sequence[CellConfig]) -> tuple[int, int]:
+    """(tokens trained cell by cell, tokens trained as ladders) for the WSD cells among `cells`."""
+    groups = [group for group in ladders(cells) if group[0].train.schedule == "wsd"]
+    alone = sum(total_steps(c) * c.train.batch_size * c.model.seq_len for g in groups for c in g)
+    return alone, sum(ladder_tokens(group) for group in groups)
+
+
 def with_horizon(cells: Sequence[CellConfig]) -> list[CellConfig]:
     """WSD cells with `horizon_steps` 0 get the steps of their ladder's smallest budget, so the
     warm-up and sparsity ramp are the same for every budget (what makes the trunk shared)."""
