@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares, minimize
@@ -50,13 +50,15 @@ U_BOUNDS = (-25.0, 25.0)
 
 @dataclass(frozen=True)
 class Observations:
-    """Cells to fit, in log space; `format_index` points into `formats`."""
+    """Cells to fit, in log space; `format_index` points into `formats`. `pair_index` (paired
+    fits): the cell's (N, D, seed) group, whose formats share that seed's weights and batches."""
 
     log_params: np.ndarray
     log_tokens: np.ndarray
     log_loss: np.ndarray
     format_index: np.ndarray
     formats: tuple[str, ...]
+    pair_index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.log_loss)
@@ -68,6 +70,7 @@ class Observations:
             self.log_loss[rows],
             self.format_index[rows],
             self.formats,
+            None if self.pair_index is None else self.pair_index[rows],
         )
 
 
@@ -307,6 +310,7 @@ class Problem:
     def __init__(self, law: Law, obs: Observations, delta: float):
         self.law, self.obs, self.delta = law, obs, delta
         self._last: tuple[bytes, tuple[np.ndarray, np.ndarray]] | None = None
+        self.pairing = None if obs.pair_index is None else pairing_projection(obs)
 
     def log_prediction(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log predicted loss per cell and the softmax weights of the three LSE terms (the last
@@ -319,7 +323,8 @@ class Problem:
         return self._last[1]
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
-        return self.log_prediction(theta)[0] - self.obs.log_loss
+        residual = self.log_prediction(theta)[0] - self.obs.log_loss
+        return residual if self.pairing is None else self.pairing @ residual
 
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
         _, (w1, w2, w3) = self.log_prediction(theta)
@@ -327,7 +332,8 @@ class Problem:
         log_rho = self.law.log_rho(extra, obs)[obs.format_index]
         base = [w1, -w1 * (obs.log_params + log_rho), w2, -w2 * obs.log_tokens, w3]
         rho_jac = self.law.log_rho_jac(extra, obs)[obs.format_index]
-        return np.column_stack([*base, (-alpha * w1)[:, None] * rho_jac])
+        jacobian = np.column_stack([*base, (-alpha * w1)[:, None] * rho_jac])
+        return jacobian if self.pairing is None else self.pairing @ jacobian
 
     def objective(self, theta: np.ndarray) -> float:
         """Sum over cells of Huber(log predicted - log observed)."""
@@ -349,7 +355,9 @@ class Problem:
         obs = self.obs
         log_n_rho = obs.log_params + self.law.log_rho(extra, obs)[obs.format_index]
         log_pred, _ = log_loss(starts.T[:, :, None], log_n_rho, obs.log_tokens)
-        return huber(log_pred - obs.log_loss, self.delta).sum(axis=1)
+        residual = log_pred - obs.log_loss
+        residual = residual if self.pairing is None else residual @ self.pairing.T
+        return huber(residual, self.delta).sum(axis=1)
 
     def polish(
         self, theta: np.ndarray, method: str = "trf", tol: float = 1e-8, max_nfev: int = 2000
@@ -416,6 +424,26 @@ class Problem:
         )
         theta_out = full(result.x)
         return theta_out, self.objective(theta_out)
+
+
+def pairing_projection(obs: Observations) -> np.ndarray:
+    """The linear map that profiles out one log-loss offset per (N, D, seed) group, constrained
+    to average zero over the groups of each (N, D): residual - group mean + (N, D) mean.
+
+    A seed's shared luck (its initial weights and batches, the same in every format) then drops
+    out of the format contrasts that determine rho, while the law still fits the seed-averaged
+    level at each (N, D). The offsets are least-squares optimal given the law (a mean is linear,
+    so the Jacobian maps the same way), and the Huber objective is taken of what remains.
+    """
+    _, level = np.unique(
+        np.column_stack([obs.log_params, obs.log_tokens]), axis=0, return_inverse=True
+    )
+
+    def mean_of(index: np.ndarray) -> np.ndarray:
+        same = index[:, None] == index[None, :]
+        return same / same.sum(axis=1, keepdims=True)
+
+    return np.eye(len(obs)) - mean_of(obs.pair_index) + mean_of(level.ravel())
 
 
 def huber(residual: np.ndarray, delta: float) -> np.ndarray:
@@ -641,7 +669,18 @@ def _natural(law: Law, theta: np.ndarray, obs: Observations, with_rho: bool) -> 
 
 
 def _bootstrap_rows(obs: Observations, rng: np.random.Generator) -> np.ndarray:
-    """Cells resampled with replacement within each format (every format keeps its cell count)."""
+    """Cells resampled with replacement within each format (every format keeps its cell count);
+    in a paired fit, whole (N, D, seed) groups within each (N, D), so pairs stay pairs."""
+    if obs.pair_index is not None:
+        _, level = np.unique(
+            np.column_stack([obs.log_params, obs.log_tokens]), axis=0, return_inverse=True
+        )
+        parts = []
+        for index in np.unique(level):
+            groups = np.unique(obs.pair_index[level.ravel() == index])
+            for group in rng.choice(groups, size=len(groups), replace=True):
+                parts.append(np.flatnonzero(obs.pair_index == group))
+        return np.concatenate(parts)
     parts = []
     for index in range(len(obs.formats)):
         rows = np.flatnonzero(obs.format_index == index)
@@ -688,6 +727,7 @@ def fit(
     warm_starts: Sequence[np.ndarray] | None = None,
     jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    paired_seeds: Sequence[int] | None = None,
 ) -> FitResult:
     """Fit `law` to cells (N parameters, D tokens, loss in nats) and bootstrap its intervals.
 
@@ -700,9 +740,13 @@ def fit(
     minimum (the runner-up basin wins a tenth of cpu-mini's resamples), in `jobs` processes;
     `progress(done, total)` hears of each. A parameter whose CI is wider than
     `unidentified_width` times its value is reported in `warnings` as weakly identified; see
-    `FitResult.notes` for the stronger verdicts.
+    `FitResult.notes` for the stronger verdicts. `paired_seeds` (each cell's seed): profile out
+    a log-loss offset per (N, D, seed) group (`pairing_projection`) and bootstrap whole groups.
     """
     obs = observations(params, tokens, loss, formats)
+    if paired_seeds is not None:
+        keys = np.column_stack([obs.log_params, obs.log_tokens, np.asarray(paired_seeds, float)])
+        obs = replace(obs, pair_index=np.unique(keys, axis=0, return_inverse=True)[1].ravel())
     order = _canonical_order(obs)
     obs = obs.take(order)
     if law == "unified-gmse" and parts is None:

@@ -213,6 +213,14 @@ def _default_parts(gmse_of: Callable[[str], float] | None) -> Callable[[str], tu
     return lambda name: (("quantization", float(gmse_of(name))),)
 
 
+def pairable(results: pd.DataFrame) -> bool:
+    """Whether a paired fit applies: some (N, D) has two seeds, and every (N, D, seed) group
+    has every format (a group without a format would pair nothing for it)."""
+    groups = results.groupby(["params", "tokens", "seed"])["format"].nunique()
+    seeds = results.groupby(["params", "tokens"])["seed"].nunique()
+    return bool(seeds.max() > 1 and (groups == results["format"].nunique()).all())
+
+
 def reduce(
     results: pd.DataFrame,
     gmse_of: Callable[[str], float] | None = None,
@@ -227,6 +235,7 @@ def reduce(
     tolerance: float = 0.02,
     jobs: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
+    paired: bool | None = None,
 ) -> Reduction:
     """Fit the unified law to result rows (one per cell) and derive every table of the paper.
 
@@ -244,6 +253,8 @@ def reduce(
     (default `compscale.gmse.gmse`), `parts_of(format)` the capacity law's parts (default the
     grammar's components; one quantization part of `gmse_of`'s GMSE when only that is given).
     `jobs` processes share each bootstrap; `progress(stage, done, total)` hears of it.
+    `paired`: the unified fit profiles out a log-loss offset per (N, D, seed) (`laws.fit`'s
+    `paired_seeds`); None = when `pairable` (every such group has every format, 2+ seeds).
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in results.columns]
     if missing:
@@ -267,6 +278,7 @@ def reduce(
         results["format"],
         law="unified",
         progress=stage("unified law"),
+        paired_seeds=results["seed"] if (pairable(results) if paired is None else paired) else None,
         **common,
     )
     warnings = list(fit.warnings)
