@@ -1,7 +1,8 @@
 """`compscale reduce SWEEP` and `compscale report SWEEP`: the store's results through the reducer.
 
-Outputs go beside the sweep in a local store (`<store>/sweeps/<name>/reduction/` and `.../report/`)
-or to `--out` (required for object-store URIs, since figures are rendered locally).
+Outputs go beside the sweep in the store (`<store>/sweeps/<name>/reduction/` and `.../report/`) or
+to `--out`. On an object store (s3://, gs://) the tables, figures and page are written to a local
+temporary folder first and then uploaded into the store, each file by one PUT (`workers.storage`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import math
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,9 +62,34 @@ def _sweep_paths(store: Store, sweep: str, out: str | None) -> SweepPaths:
 
     if out:
         return SweepPaths(str(Path(out)))
-    if "://" in store.uri and not store.uri.startswith("file://"):
-        raise ValueError(f"--out: required for a remote store ({store.uri})")
     return store.layout.sweep(sweep)
+
+
+@contextmanager
+def _local_folders(store: Store, sweep: str, out: str | None) -> Iterator[tuple[SweepPaths, str]]:
+    """Local folders to write the sweep's reduction and report in, and how to name them. On a
+    disk they are the real ones; for an object store a temporary copy (its reduction downloaded
+    first) that is uploaded into the store when the block ends without an error."""
+    from workers.layout import SweepPaths
+    from workers.storage import is_object_store, read_bytes
+
+    paths = _sweep_paths(store, sweep, out)
+    if out or not is_object_store(store.fs):
+        yield paths, paths.directory
+        return
+    uri = store.uri.rstrip("/") + paths.directory.removeprefix(store.root)
+    with tempfile.TemporaryDirectory(prefix="compscale-") as temp:
+        local = SweepPaths(temp)
+        Path(local.reduction).mkdir(parents=True)
+        for name in store.list_names(paths.reduction):
+            data = read_bytes(store.fs, f"{paths.reduction}/{name}")
+            (Path(local.reduction) / name).write_bytes(data)
+        yield local, uri
+        for folder, remote in ((local.reduction, paths.reduction), (local.report, paths.report)):
+            for file in sorted(Path(folder).rglob("*")) if Path(folder).is_dir() else []:
+                if file.is_file():
+                    relative = file.relative_to(folder).as_posix()
+                    store.write_atomic(f"{remote}/{relative}", file.read_bytes())
 
 
 def _results(store: Store, sweep: str) -> pd.DataFrame:
@@ -97,10 +126,11 @@ def reduce_command(args: argparse.Namespace) -> int:
     from orchestrator.cli_sweep import open_store
 
     store = open_store(args)
-    out = Path(_sweep_paths(store, args.sweep, args.out).reduction)
-    reduction = _reduce(_results(store, args.sweep), args, out)
+    results = _results(store, args.sweep)
+    with _local_folders(store, args.sweep, args.out) as (paths, where):
+        reduction = _reduce(results, args, Path(paths.reduction))
     print(reduction.summary())
-    print(f"tables: {out}")
+    print(f"tables: {where}/reduction")
     return 0
 
 
@@ -112,25 +142,25 @@ def report_command(args: argparse.Namespace) -> int:
     from orchestrator.cli_sweep import open_store
 
     store = open_store(args)
-    paths = _sweep_paths(store, args.sweep, args.out)
     results = _results(store, args.sweep)
-    tables = Path(paths.reduction)
-    if args.refit or not (tables / "reduction.json").exists():
-        reduction = _reduce(results, args, tables)
-    else:
-        reduction = Reduction.read(tables)
-    out = Path(paths.report)
-    figures = write_figures(reduction, results, out)
-    command = " ".join(["compscale", *sys.argv[1:]])
-    page = sweep_page(args.sweep, store.uri, results, reduction, figures, command)
-    path = write_report(out, page)
-    if args.markdown:
-        markdown = Path(args.markdown)
-        figure_dir = markdown.with_suffix("")
-        figure_dir.mkdir(parents=True, exist_ok=True)
-        for figure in figures:
-            shutil.copyfile(figure, figure_dir / figure.name)
-        write_text_atomic(markdown, render_markdown(page, figure_dir.name))
-        print(f"markdown: {markdown}")
-    print(f"report: {path}")
+    with _local_folders(store, args.sweep, args.out) as (paths, where):
+        tables = Path(paths.reduction)
+        if args.refit or not (tables / "reduction.json").exists():
+            reduction = _reduce(results, args, tables)
+        else:
+            reduction = Reduction.read(tables)
+        out = Path(paths.report)
+        figures = write_figures(reduction, results, out)
+        command = " ".join(["compscale", *sys.argv[1:]])
+        page = sweep_page(args.sweep, store.uri, results, reduction, figures, command)
+        path = write_report(out, page)
+        if args.markdown:
+            markdown = Path(args.markdown)
+            figure_dir = markdown.with_suffix("")
+            figure_dir.mkdir(parents=True, exist_ok=True)
+            for figure in figures:
+                shutil.copyfile(figure, figure_dir / figure.name)
+            write_text_atomic(markdown, render_markdown(page, figure_dir.name))
+            print(f"markdown: {markdown}")
+    print(f"report: {where}/report/{path.relative_to(paths.report).as_posix()}")
     return 0

@@ -208,6 +208,7 @@ def _run(
         print("nothing to run")
         return 0
     started_ray = connect(args.address)
+    print(f"sweep {spec.name}: on {_where(started_ray)}; store {store.uri}", flush=True)
     driver = Driver(
         spec.name,
         store,
@@ -242,6 +243,21 @@ def _run(
             f"{held} cells failed earlier and were not rerun: compscale rerun {spec.name} --failed"
         )
     return 1 if counts["failed"] or counts["cancelled"] else 0
+
+
+def _where(embedded: bool) -> str:
+    """Where the sweep runs, in words: "embedded local Ray (2 CPUs, 0 GPUs, 127.0.0.1)" or
+    "Ray cluster at ADDRESS: N nodes, C CPUs, G GPUs"."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = int(total.get("CPU", 0)), int(total.get("GPU", 0))
+    if embedded:
+        ip = ray.util.get_node_ip_address()
+        return f"embedded local Ray ({cpus} CPUs, {gpus} GPUs, {ip})"
+    nodes = sum(node["Alive"] for node in ray.nodes())
+    address = ray.get_runtime_context().gcs_address
+    return f"Ray cluster at {address}: {nodes} nodes, {cpus} CPUs, {gpus} GPUs"
 
 
 def _runner_flags(args: argparse.Namespace) -> list[str]:

@@ -160,7 +160,7 @@ def execute_cell(
         return summary
     started = time.perf_counter()
     with heartbeat_lease(store, cell_id, attempt, host, pid, heartbeat_s):
-        store.record(cell_id, "running", attempt, host=host, pid=pid)
+        store.record(cell_id, "running", attempt, host=host, pid=pid, **_placement())
         try:
             result = cell_fn(cell, store_uri, attempt) or {}
         except BaseException as error:
@@ -183,6 +183,19 @@ def execute_cell(
         "tokens": int(result.get("tokens", 0) or 0),
         "tokens_per_s": float(result.get("tokens_per_s", 0.0) or 0.0),
         "wall_time_s": wall,
+    }
+
+
+def _placement() -> dict[str, str]:
+    """The Ray node this task runs on (`node_id`, `node_ip`), for the `running` event; empty
+    outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
     }
 
 

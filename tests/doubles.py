@@ -1,7 +1,8 @@
 """A stand-in for `workers.run_cell` that honours its contract without training anything.
 
 It really sleeps, writes loss rows (layout and schema of docs/contracts.md) in flushes and then the
-result row, and is steered by marker files in `<store>/../double/` so that tests in other processes
+result row, and is steered by marker files in `<store>/../double/` ($COMPSCALE_DOUBLE_DIR for a
+store on S3) so that tests in other processes
 (Ray workers, a driver subprocess) can make one cell:
 - `fail/<cell_id>`: raise every time (until the file is removed: "the cause is fixed");
 - `misconfigured/<cell_id>`: raise FileNotFoundError for its data, as a cell with missing token
@@ -36,7 +37,8 @@ class InjectedFailure(RuntimeError):
 
 
 def control_dir(store_uri: str) -> Path:
-    return Path(store_uri).parent / "double"
+    """`<store>/../double/`, or $COMPSCALE_DOUBLE_DIR (a store on S3 has no local parent)."""
+    return Path(os.environ.get("COMPSCALE_DOUBLE_DIR") or Path(store_uri).parent / "double")
 
 
 def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict:

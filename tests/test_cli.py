@@ -83,6 +83,9 @@ def test_submit_smoke_starts_embedded_ray_runs_all_then_a_second_submit_runs_not
     submitted = compscale("submit", str(REPO / "sweeps" / "smoke.yaml"), *DOUBLE, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
     assert f"run {cells}" in submitted.stdout
+    cpus = os.cpu_count()
+    banner = f"on embedded local Ray ({cpus} CPUs, 0 GPUs, 127.0.0.1); store {tmp_path / 'store'}"
+    assert banner in submitted.stdout
     store = Store(tmp_path / "store")  # the default store, ./store
     assert {store.status(c).state for c in store.manifest("smoke")} == {"done"}
 
@@ -233,6 +236,17 @@ def ray_head(tmp_path):
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def ray_job_submit(command: list[str], **options) -> subprocess.CompletedProcess:
+    """`ray job submit`, tried again while the head's job agent is not up yet (the dashboard
+    answers before it does, on a loaded machine by tens of seconds)."""
+    for _ in range(12):
+        job = subprocess.run(command, **options)
+        if "No available agent to submit job" not in job.stdout + job.stderr:
+            break
+        time.sleep(5)
+    return job
+
+
 @pytest.mark.heavy
 def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, tmp_path):
     address, dashboard, env = ray_head
@@ -249,11 +263,12 @@ def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, t
         env=env,
     )
     assert by_address.returncode == 0, by_address.stderr
+    assert f"on Ray cluster at {address}: 1 nodes, 2 CPUs, 0 GPUs;" in by_address.stdout
     assert {
         Store(tmp_path / "a").status(c).state for c in Store(tmp_path / "a").manifest("remote")
     } == {"done"}
 
-    job = subprocess.run(
+    job = ray_job_submit(
         [
             str(Path(sys.executable).parent / "ray"),
             "job",
