@@ -32,10 +32,8 @@ class SpecError(ValueError):
 
 def canonical_format(text: str) -> str:
     """The canonical spelling of a representation (cell ids hash it), or a one-line error."""
-    try:
-        from compscale.formats import parse
-    except ImportError:  # compscale.formats lands in parallel; until then formats pass through.
-        return text.strip()
+    from compscale.formats import parse  # here, not at the top: `compscale status` needs no torch
+
     return str(parse(text))
 
 
