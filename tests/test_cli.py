@@ -151,7 +151,7 @@ def test_a_killed_driver_restarted_finishes_without_rerunning_done_cells(tmp_pat
         assert running_events(store, cell_id) == 1  # never rerun
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_detached_submit_can_be_cancelled(tmp_path):
     spec = write_spec(
         tmp_path / "slow.yaml", "slow", ["dense", "int4", "int8", "int2"], max_in_flight=1
@@ -231,7 +231,7 @@ def ray_head(tmp_path):
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_submit_to_an_existing_head_by_address_and_by_ray_job_submit(ray_head, tmp_path):
     address, dashboard, env = ray_head
     spec = write_spec(tmp_path / "remote.yaml", "remote", ["dense", "int4"])

@@ -144,7 +144,7 @@ def test_a_cell_running_under_a_live_lease_is_waited_for_then_run_once_the_lease
     ]
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_a_cell_of_world_size_two_runs_ddp_in_two_ray_train_workers(ray_local, tmp_path):
     store = Store(tmp_path / "store")
     spec = parse_spec("name: ddp\nmodels: [tiny]\ntokens: [8000]\nformats: [int4]\nworld_size: 2\n")

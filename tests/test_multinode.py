@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.store import Store
 
-pytestmark = pytest.mark.heavy
+pytestmark = pytest.mark.slow
 
 SPEC = """
 name: multinode
