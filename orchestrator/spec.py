@@ -63,7 +63,7 @@ def _preset_name_to_mapping(value: Any) -> Any:
 class ModelEntry(_Strict):
     """One model size: a preset name, or explicit dimensions (laid over the preset if both are
     given); `train` overrides the sweep's training settings for this size only (a learning rate
-    per size matters at small scale: docs/design.md, "Small models are noisy")."""
+    per size matters at small scale: docs/design.md, 'Small models are noisy')."""
 
     preset: str | None = None
     d_model: int | None = Field(default=None, gt=0)
