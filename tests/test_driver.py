@@ -50,6 +50,7 @@ def mark(tmp_path: Path, kind: str, cell_id: str) -> Path:
     return marker
 
 
+@pytest.mark.slow
 def test_faults_are_retried_recorded_and_rerun_on_request(ray_local, tmp_path, capsys):
     store = Store(tmp_path / "store")
     killed, failing, healthy = (cell.cell_id for cell in expand(parse_spec(SPEC)))
