@@ -56,6 +56,7 @@ def store(tmp_path_factory):
     return store
 
 
+@pytest.mark.slow
 def test_reduce_writes_tables_beside_the_sweep_and_recovers_capacities(store, capsys):
     assert main(["reduce", "synthetic", "--store", store.uri, "--bootstrap", "20"]) == 0
     out = capsys.readouterr().out
