@@ -45,8 +45,10 @@ def readme_main_command() -> str:
 
 
 def run_shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A shell command as a user types it, with `sweeps/` pointing at the repository's sweeps."""
+    """A shell command as a user types it, with `sweeps/` pointing at the repository's sweeps and
+    this checkout's code first on the path (not whichever one an editable install names)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run(
         command.replace("sweeps/", f"{REPO}/sweeps/"),
         shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
