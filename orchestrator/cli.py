@@ -20,10 +20,6 @@ COMMAND_MODULES = (
 )
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compscale", description="Scaling-law sweeps over compressed representations."
@@ -38,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, OSError) as error:  # OSError: a path the user gave, mostly
+    except (ValueError, OSError) as error:  # OSError: a path the user gave, mostly
         print(f"compscale {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a command that can resume (submit) says how before this

@@ -32,10 +32,8 @@ class SpecError(ValueError):
 
 def canonical_format(text: str) -> str:
     """The canonical spelling of a representation (cell ids hash it), or a one-line error."""
-    try:
-        from compscale.formats import parse
-    except ImportError:  # compscale.formats lands in parallel; until then formats pass through.
-        return text.strip()
+    from compscale.formats import parse  # here, not at the top: `compscale status` needs no torch
+
     return str(parse(text))
 
 
@@ -65,7 +63,7 @@ def _preset_name_to_mapping(value: Any) -> Any:
 class ModelEntry(_Strict):
     """One model size: a preset name, or explicit dimensions (laid over the preset if both are
     given); `train` overrides the sweep's training settings for this size only (a learning rate
-    per size matters at small scale, DESIGN.md §7)."""
+    per size matters at small scale: docs/design.md, 'Small models are noisy')."""
 
     preset: str | None = None
     d_model: int | None = Field(default=None, gt=0)

@@ -12,7 +12,7 @@ from workers.config import CellConfig, DataConfig, TrainConfig, preset
 from workers.prepare import prepare_shards
 from workers.sink import read_result
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 
 def run(store: Store, cell: CellConfig, **plan_options) -> dict[str, int]:

@@ -120,7 +120,7 @@ def test_a_corrupt_status_event_names_its_file(tmp_path, capsys, content):
         assert event in one_line(capsys.readouterr().err)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_sigint_cancels_the_cells_in_flight_prints_the_resume_command_and_exits_130(tmp_path):
     spec = write_spec(tmp_path / "slow.yaml", "slow", ["dense", "int4", "int8"], max_in_flight=2)
     (tmp_path / "double").mkdir()

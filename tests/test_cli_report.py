@@ -56,6 +56,7 @@ def store(tmp_path_factory):
     return store
 
 
+@pytest.mark.slow
 def test_reduce_writes_tables_beside_the_sweep_and_recovers_capacities(store, capsys):
     assert main(["reduce", "synthetic", "--store", store.uri, "--bootstrap", "20"]) == 0
     out = capsys.readouterr().out
@@ -66,6 +67,7 @@ def test_reduce_writes_tables_beside_the_sweep_and_recovers_capacities(store, ca
         assert fitted[fmt] == pytest.approx(rho, rel=0.03), fmt
 
 
+@pytest.mark.slow
 def test_report_writes_html_markdown_and_figures_with_the_claims_table(store, tmp_path):
     markdown = tmp_path / "docs" / "synthetic.md"
     argv = ["report", "synthetic", "--store", store.uri, "--bootstrap", "20"]

@@ -12,6 +12,8 @@ from workers import run_cell
 from workers.config import CellConfig, TrainConfig, preset
 from workers.sink import read_losses, read_result
 
+pytestmark = pytest.mark.slow
+
 
 def test_world_size_two_matches_world_size_one_step_by_step(tmp_path):
     train = TrainConfig(batch_size=8, micro_batch_size=2, eval_tokens=1024, lr=3e-3)

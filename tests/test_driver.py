@@ -51,6 +51,7 @@ def mark(tmp_path: Path, kind: str, cell_id: str) -> Path:
     return marker
 
 
+@pytest.mark.slow
 def test_faults_are_retried_recorded_and_rerun_on_request(ray_local, tmp_path, capsys):
     store = Store(tmp_path / "store")
     killed, failing, healthy = (cell.cell_id for cell in expand(parse_spec(SPEC)))
@@ -145,7 +146,7 @@ def test_a_cell_running_under_a_live_lease_is_waited_for_then_run_once_the_lease
     ]
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_a_cell_of_world_size_two_runs_ddp_in_two_ray_train_workers(ray_local, tmp_path):
     store = Store(tmp_path / "store")
     spec = parse_spec("name: ddp\nmodels: [tiny]\ntokens: [8000]\nformats: [int4]\nworld_size: 2\n")

@@ -1,9 +1,7 @@
 """The README's first command, as a newcomer runs it: the smoke sweep with the real worker on an
 embedded Ray, then the report; resubmitting runs nothing and the reducer reproduces its tables."""
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,47 +10,29 @@ import pytest
 
 from orchestrator.store import Store
 
-pytestmark = pytest.mark.heavy
+pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def readme_main_command() -> str:
-    """The first shell line of the README, minus its setup step (the tests already run in it)."""
-    readme = (REPO / "README.md").read_text()
-    first = re.search(r"```bash\n(.+?)\n", readme).group(1)
-    command = first.split("#")[0].strip()
-    assert command.startswith("scripts/setup.sh && "), command
-    return command.removeprefix("scripts/setup.sh && ").replace(".venv/bin/", f"{BIN}/")
-
-
-def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return subprocess.run(
-        command.replace("sweeps/", f"{REPO}/sweeps/"),
-        shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-
-
-def test_readme_first_command_runs_the_smoke_sweep_and_prints_the_report(tmp_path):
-    done = run(readme_main_command(), tmp_path)
+def test_readme_first_command_runs_the_smoke_sweep_and_prints_the_report(smoke_sweep):
+    done, cwd = smoke_sweep.done, smoke_sweep.cwd  # the README's first command, run once
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (report,) = re.findall(r"^report: (\S+)$", done.stdout, re.MULTILINE)
     assert Path(report).is_file() and Path(report).stat().st_size > 20_000
 
-    store = Store(tmp_path / "store")
+    store = Store(cwd / "store")
     results = store.results("smoke")
     assert len(results) == 12 and set(results["format"]) == {"dense", "int4", "sp50"}
     assert results["val_loss"].between(0.5, 5.0).all()  # byte-level chance is ln 256 = 5.55
     duplicates = store.query("SELECT count(*) - count(DISTINCT (cell_id, step)) FROM losses")
     assert duplicates.fetchall() == [(0,)]
 
-    again = run(f"{BIN}/compscale submit sweeps/smoke.yaml", tmp_path)
+    again = smoke_sweep.run(f"{BIN}/compscale submit sweeps/smoke.yaml")
     assert again.returncode == 0 and "nothing to run" in again.stdout
 
-    tables = tmp_path / "store" / "sweeps" / "smoke" / "reduction"
+    tables = cwd / "store" / "sweeps" / "smoke" / "reduction"
     before = pd.read_parquet(tables / "rho.parquet")
-    reduced = run(f"{BIN}/compscale reduce smoke", tmp_path)
+    reduced = smoke_sweep.run(f"{BIN}/compscale reduce smoke")
     assert reduced.returncode == 0, reduced.stderr
     pd.testing.assert_frame_equal(pd.read_parquet(tables / "rho.parquet"), before)

@@ -34,7 +34,7 @@ def bound_sockets() -> list[tuple[str, str, int]]:
     return found
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_the_embedded_ray_binds_every_port_to_loopback():
     import ray
 

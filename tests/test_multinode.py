@@ -20,7 +20,7 @@ from orchestrator.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.heavy
+pytestmark = pytest.mark.slow
 
 SPEC = """
 name: multinode

@@ -30,6 +30,7 @@ def train_cell_command(cell_file, store) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_killed_cell_resumes_from_its_checkpoint_to_the_same_final_loss(tmp_path):
     model = preset("tiny").model_copy(update={"seq_len": 32})
     train = TrainConfig(batch_size=4, eval_tokens=1024, checkpoint_every=CHECKPOINT_EVERY)

@@ -83,7 +83,7 @@ def json_rows(output: str) -> list[dict]:
     return [json.loads(line) for line in output.splitlines()]
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_the_sweep_commands_run_against_a_store_on_s3(s3, tmp_path):
     uri = f"s3://compscale/{unique_prefix()}"
     control = tmp_path / "double"

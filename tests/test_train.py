@@ -21,6 +21,7 @@ def tiny_cell(fmt: str = "dense", steps: int = 100, batch: int = 16, **train) ->
     return CellConfig(model=TINY, format=fmt, tokens=steps * batch * 64, train=TrainConfig(**train))
 
 
+@pytest.mark.slow
 def test_a_tiny_dense_cell_falls_well_below_the_unigram_entropy_within_a_minute(tmp_path):
     entropy = unigram_entropy(load_tokens(DataConfig()).train)  # about 3.11 nats per byte
     cell = tiny_cell(steps=300, eval_every=100)
@@ -38,7 +39,7 @@ def test_a_tiny_dense_cell_falls_well_below_the_unigram_entropy_within_a_minute(
     assert (tmp_path / "cells" / cell.cell_id / "cell.json").is_file()
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_every_standard_format_trains_without_nan(tmp_path):
     model = TINY.model_copy(update={"seq_len": 32})
     train = TrainConfig(batch_size=4, eval_tokens=1024)
@@ -50,7 +51,7 @@ def test_every_standard_format_trains_without_nan(tmp_path):
         assert math.isfinite(losses.column("val_loss").to_pylist()[-1]), fmt
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_loss_order_at_equal_n_and_d_follows_gmse(tmp_path):
     # A longer warm-up than the default keeps these 300-step tiny runs out of early loss spikes,
     # which otherwise swing the final loss by ~0.1 nats from seed to seed.
