@@ -8,9 +8,13 @@ PYTHON=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install --quiet "torch==2.13.0"
 fi
+# Ray is pinned in one place, docker/RAY_VERSION, for this venv and the GPU image alike.
 stamp=.venv/.compscale-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml docker/RAY_VERSION | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    .venv/bin/pip install --quiet -e '.[dev]'
+    constraints=$(mktemp)
+    echo "ray==$(cat docker/RAY_VERSION)" > "$constraints"
+    PIP_CONSTRAINT="$constraints" .venv/bin/pip install --quiet -e '.[dev]'
+    rm -f "$constraints"
     echo "$want" > "$stamp"
 fi
