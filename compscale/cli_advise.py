@@ -126,7 +126,7 @@ def advise_command(args: argparse.Namespace) -> int:
         from orchestrator.cli_sweep import open_store
 
         store = open_store(args)
-        results, origin = _results(store, args.source), f"sweep {args.source} ({store.uri})"
+        results, origin = _results(store, args.source), f"sweep {args.source} ({_shown(store.uri)})"
     ensemble = _fit(results, args)
     table = advise(ensemble, budget, args.formats)
     table["note"] = [extrapolation_note(row, ensemble) for _, row in table.iterrows()]
@@ -302,3 +302,9 @@ def next_command(args: argparse.Namespace) -> int:
         print(f"  {name:<28}{before:>9.4f} -> {after:.4f}")
     print(f"proposal: {out} (run it: compscale submit {out})")
     return 0
+
+
+def _shown(uri: str) -> str:
+    """A local store as a path relative to the working folder (as the user typed it), else the
+    URI: output pasted into notes and docs names no machine's absolute paths."""
+    return uri if "://" in uri else os.path.relpath(uri)
