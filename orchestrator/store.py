@@ -273,6 +273,28 @@ class Store:
             return RESULT_SCHEMA.empty_table().to_pandas()
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
+    def losses(self, sweep: str) -> pd.DataFrame:
+        """The loss rows of a sweep's cells (one per cell and step, the highest attempt's) with
+        each cell's `model`, `format` and `params`: training curves, also of unfinished cells."""
+        members = set(self.manifest(sweep))
+        paths = [
+            path
+            for path in self._files_matching(LOSS_PART)
+            if path.split("/cells/")[-1].split("/", 1)[0] in members
+        ]
+        if not paths:
+            frame = LOSS_SCHEMA.empty_table().to_pandas()
+            return frame.assign(model="", format="", params=0).iloc[:0]
+        frame = ds.dataset(paths, schema=LOSS_SCHEMA, filesystem=self.fs).to_table().to_pandas()
+        frame = frame.sort_values(["cell_id", "step", "attempt"])
+        frame = frame.drop_duplicates(["cell_id", "step"], keep="last").reset_index(drop=True)
+        cells = {cell_id: self.load_cell(cell_id) for cell_id in frame["cell_id"].unique()}
+        return frame.assign(
+            model=frame["cell_id"].map(lambda c: cells[c].model_label),
+            format=frame["cell_id"].map(lambda c: cells[c].format),
+            params=frame["cell_id"].map(lambda c: cells[c].params).astype("int64"),
+        )
+
     def connect(self, views: Iterable[str] = VIEWS) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the named views over this store, locked read-only.
 
