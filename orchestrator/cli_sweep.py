@@ -131,11 +131,13 @@ def cell_function(spec: str | None) -> CellFunction | None:
     return getattr(importlib.import_module(module), name)
 
 
-def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def _print_table(
+    title: str, columns: list[str], rows: list[list[Any]], caption: str | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption, caption_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
@@ -294,6 +296,25 @@ def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
     return 0
 
 
+STATUS_CAPTION = (
+    "state: the latest status event (running, lease expired: its worker stopped reporting); "
+    "attempt: the try number; step, loss: a running cell's newest loss row (training loss); "
+    "ETA: its tokens left / its tokens per second; error: class and first line of the message "
+    "(tracebacks below, or --json)"
+)
+
+
+def _running_detail(store: Store, cell_id: str) -> tuple[str, str, str]:
+    """Step, last training loss and ETA of a running cell, from its newest loss row."""
+    row = store.latest_loss(cell_id)
+    if row is None:
+        return "", "", ""
+    left = store.load_cell(cell_id).tokens - row["tokens"]
+    speed = row.get("tokens_per_s") or 0.0
+    eta = f"{left / speed / 60:.1f} min" if speed > 0 else ""
+    return str(row["step"]), f"{row['train_loss']:.4f}", eta
+
+
 def status(args: argparse.Namespace) -> int:
     from collections import Counter
 
@@ -310,9 +331,12 @@ def status(args: argparse.Namespace) -> int:
     for item in statuses:
         state = f"{item.state} (lease expired)" if item.is_stale(LEASE_S) else item.state
         error = item.event.get("error_class")
-        detail = f"{error}: {item.event.get('message', '')}" if error else ""
-        rows.append([item.cell_id, state, item.attempt, item.event.get("host"), detail])
-    _print_table(f"sweep {args.sweep}", ["cell", "state", "attempt", "host", "error"], rows)
+        first = next(iter(str(item.event.get("message") or "").splitlines()), "")
+        detail = f"{error}: {first}" if error else ""
+        running = _running_detail(store, item.cell_id) if item.state == "running" else ("",) * 3
+        rows.append([item.cell_id, state, item.attempt, item.event.get("host"), *running, detail])
+    columns = ["cell", "state", "attempt", "host", "step", "loss", "ETA", "error"]
+    _print_table(f"sweep {args.sweep}", columns, rows, caption=STATUS_CAPTION)
     for item in statuses:
         if item.state == "failed" and item.event.get("traceback"):
             print(f"\n--- {item.cell_id}, attempt {item.attempt} ---\n{item.event['traceback']}")

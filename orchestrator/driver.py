@@ -382,7 +382,8 @@ class Driver:
 
     def _failed(self, cell_id: str, kind: str) -> None:
         self.counts["failed"] += 1
-        self.progress.move("running", "failed", f"failed {cell_id}: {kind}")
+        message = self.store.status(cell_id).event.get("message") or ""
+        self.progress.fail(cell_id, kind, str(message))
 
     def poll_waiting(self) -> None:
         """Cells another driver's worker held: count them done when they finish, or take them

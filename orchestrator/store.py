@@ -25,7 +25,15 @@ import pyarrow.parquet as pq
 
 from workers import storage
 from workers.config import CellConfig
-from workers.layout import EVENT_NAME, LOSS_PART, RESULT, Layout, StoreLocation, resolve
+from workers.layout import (
+    EVENT_NAME,
+    LOSS_PART,
+    RESULT,
+    Layout,
+    StoreLocation,
+    attempt_number,
+    resolve,
+)
 from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 if TYPE_CHECKING:
@@ -272,6 +280,20 @@ class Store:
         if not tables:
             return RESULT_SCHEMA.empty_table().to_pandas()
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+    def latest_loss(self, cell_id: str) -> dict[str, Any] | None:
+        """The newest loss row of the cell's highest attempt (None before its first flush):
+        what `compscale status` shows of a running cell, reading one small file."""
+        paths = self.layout.cell(cell_id)
+        attempts = [attempt_number(name) for name in self.list_names(paths.losses)]
+        attempts = [attempt for attempt in attempts if attempt is not None]
+        if not attempts:
+            return None
+        parts = self.list_names(paths.attempt(max(attempts)))
+        if not parts:
+            return None
+        table = pq.read_table(f"{paths.attempt(max(attempts))}/{parts[-1]}", filesystem=self.fs)
+        return table.slice(table.num_rows - 1).to_pylist()[0] if table.num_rows else None
 
     def losses(self, sweep: str) -> pd.DataFrame:
         """The loss rows of a sweep's cells (one per cell and step, the highest attempt's) with
