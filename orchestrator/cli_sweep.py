@@ -1,4 +1,4 @@
-"""Sweep commands: validate, plan, submit, status, rerun, query, cancel.
+"""Sweep commands: validate, plan, submit, status, rerun, query, cancel, sweeps, delete.
 
 The store is `--store`, else $COMPSCALE_STORE, else `./store`. Ray is imported only by the commands
 that run cells (submit, rerun); the others never start it.
@@ -86,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cells", nargs="+", metavar="ID", help="these cells (not done ones: --force)"
     )
     command.add_argument("--force", action="store_true", help="rerun the given cells even if done")
+    command.add_argument("--detach", action="store_true", help="run the driver in the background")
     command.set_defaults(func=rerun)
 
     command = subparsers.add_parser(
@@ -100,6 +101,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command = subparsers.add_parser("cancel", parents=[store_flag], help="stop a running sweep")
     command.add_argument("sweep", help="sweep name")
     command.set_defaults(func=cancel)
+
+    command = subparsers.add_parser(
+        "sweeps",
+        parents=[store_flag],
+        help="the store's sweeps: cells, done, failed, last activity",
+    )
+    command.set_defaults(func=sweeps)
+
+    command = subparsers.add_parser(
+        "delete",
+        parents=[store_flag],
+        help="delete a sweep's folder and the cells no other sweep uses",
+    )
+    command.add_argument("sweep", help="sweep name")
+    command.add_argument("--yes", action="store_true", help="really delete (refused without it)")
+    command.set_defaults(func=delete)
 
 
 # ---- helpers ----------------------------------------------------------------------
@@ -277,8 +294,14 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
-    """Start this same submit, without --detach, as a background process that outlives the shell."""
-    command = [sys.executable, "-m", "orchestrator.cli", "submit", os.path.abspath(args.spec)]
+    """Start this same submit or rerun, without --detach, as a background process that outlives
+    the shell."""
+    if args.command == "submit":
+        what = ["submit", os.path.abspath(args.spec)]
+    else:
+        what = ["rerun", args.sweep, *(["--cells", *args.cells] if args.cells else ["--failed"])]
+        what += ["--force"] if args.force else []
+    command = [sys.executable, "-m", "orchestrator.cli", *what]
     command += ["--store", store.uri, *_runner_flags(args)]
     local = "://" not in store.uri
     log = Path(store.layout.sweep(name).driver_log) if local else Path(f"{name}-driver.log")
@@ -352,6 +375,9 @@ def rerun(args: argparse.Namespace) -> int:
     from orchestrator.spec import parse_spec
 
     store = open_store(args)
+    if args.detach:
+        store.manifest(args.sweep)  # an unknown sweep fails here, not in the background
+        return _detach(args, args.sweep, store)
     source = store.layout.sweep(args.sweep).spec
     spec = parse_spec(store.spec_text(args.sweep), source=source)
     members = set(store.manifest(args.sweep))
@@ -421,4 +447,38 @@ def cancel(args: argparse.Namespace) -> int:
         f"sweep {args.sweep}: cancel requested; {queued} queued cells cancelled; "
         "a running driver stops its cells within a second"
     )
+    return 0
+
+
+def sweeps(args: argparse.Namespace) -> int:
+    from orchestrator.api import sweep_summary
+
+    store = open_store(args)
+    table = sweep_summary(store)
+    rows = [
+        [row.sweep, row.cells, row.done, row.failed, f"{row.last_activity:%Y-%m-%d %H:%M} UTC"]
+        for row in table.itertuples()
+    ]
+    columns = ["sweep", "cells", "done", "failed", "last activity"]
+    _print_table(f"sweeps in {store.uri}", columns, rows)
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    members = store.manifest(args.sweep)
+    if not args.yes:
+        raise ValueError(
+            f"sweep {args.sweep}: deleting it removes its folder and those of its {len(members)} "
+            "cells that no other sweep uses; add --yes to delete"
+        )
+    running = [cell for cell in members if store.status(cell).state == "running"]
+    if running:
+        raise ValueError(
+            f"sweep {args.sweep}: {len(running)} cells are running; "
+            f"compscale cancel {args.sweep} first"
+        )
+    removed = store.delete_sweep(args.sweep)
+    kept = len(members) - len(removed)
+    print(f"deleted sweep {args.sweep} and {len(removed)} cells ({kept} kept: in other sweeps)")
     return 0

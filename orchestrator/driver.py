@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.progress import Progress
+from orchestrator.raylog import token_auth_notice
 from orchestrator.spec import Resources
 from orchestrator.store import CellStatus, Store, utc_stamp
 from workers.config import CellConfig
@@ -200,20 +201,22 @@ def connect(address: str | None = None) -> bool:
         return False
     if address or os.environ.get("RAY_ADDRESS"):
         try:
-            ray.init(address=address, logging_level="WARNING")
+            with token_auth_notice(remote=True):
+                ray.init(address=address, logging_level="WARNING")
         except ConnectionError as error:
             raise ValueError(
                 f"{error} (is a head running there? with token authentication on, set "
                 "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token)"
             ) from None
         return False
-    ray.init(
-        address="local",  # a new instance, never a cluster that `ray start` left behind
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="WARNING",
-    )
+    with token_auth_notice(remote=False):
+        ray.init(
+            address="local",  # a new instance, never a cluster that `ray start` left behind
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level="WARNING",
+        )
     return True
 
 

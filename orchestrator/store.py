@@ -77,9 +77,12 @@ def permission_reason(error: Exception) -> str:
     return str(error).splitlines()[0].removeprefix("Permission Error: ")
 
 
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+
+
 def utc_stamp(moment: datetime | None = None) -> str:
     """A UTC timestamp that sorts as text: `20261126T043129.123456Z`."""
-    return (moment or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S.%fZ")
+    return (moment or datetime.now(timezone.utc)).strftime(STAMP_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,19 @@ class Store:
         self.manifest(name)  # the one-line error for an unknown sweep
         with self.fs.open_input_stream(self.layout.sweep(name).spec) as stream:
             return stream.read().decode()
+
+    def delete_sweep(self, name: str) -> list[str]:
+        """Delete the sweep's folder, then its cells that no other sweep lists; returns those
+        cells. The manifest goes first, so a crash midway leaves no half sweep, only cells that
+        a later submit reuses by id."""
+        own = set(self.manifest(name))
+        others = {c for sweep in self.sweep_names() if sweep != name for c in self.manifest(sweep)}
+        self.fs.delete_dir(self.layout.sweep(name).directory)
+        removed = sorted(own - others)
+        for cell_id in removed:
+            if self.exists(self.layout.cell(cell_id).directory):
+                self.fs.delete_dir(self.layout.cell(cell_id).directory)
+        return removed
 
     def request_cancel(self, name: str) -> None:
         """Ask the sweep's running driver to stop (a new file per request: append-only)."""
