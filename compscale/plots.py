@@ -150,11 +150,13 @@ def _loss_vs_params(reduction: Reduction | None, results: pd.DataFrame, path: Pa
     return _save(figure, path)
 
 
-def _training_curves(losses: pd.DataFrame, path: Path) -> Path:
+def _training_curves(losses: pd.DataFrame, path: Path, order: list[str] | None = None) -> Path:
     """Every cell's validation (points and line) and training loss (faint, a running mean over
     1/25 of its steps) against tokens seen,
     one panel per format, one colour per model size, both axes logarithmic."""
-    formats = list(dict.fromkeys(losses["format"]))
+    present = set(losses["format"])
+    formats = [name for name in order or [] if name in present]
+    formats += [name for name in dict.fromkeys(losses["format"]) if name not in formats]
     figure, axes = _grid(len(formats))
     sizes = np.sort(losses["params"].unique())
     colour_of = dict(zip(sizes, _colours(len(sizes)), strict=True))
@@ -306,7 +308,8 @@ def write_figures(
     paths = []
     if losses is not None and not losses.empty:
         losses = losses.assign(format=losses["format"].astype(str))
-        paths.append(_training_curves(losses, out / "training_curves.png"))
+        order = list(dict.fromkeys(results["format"]))  # the sweep's order, as in loss vs N
+        paths.append(_training_curves(losses, out / "training_curves.png", order))
     paths.append(_loss_vs_params(reduction, results, out / "loss_vs_params.png"))
     if reduction is None:
         return paths
