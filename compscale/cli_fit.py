@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fit",
         help="fit a scaling law (Chinchilla or unified with per-format rho) to a table of cells",
         description="Huber (delta 1e-3) fit of log loss through log-sum-exp, from a grid of "
-        "starts, best kept; 95%% CIs by bootstrapping cells. Columns: params (N), tokens (D), "
+        "starts, best kept; 95% CIs by bootstrapping cells. Columns: params (N), tokens (D), "
         "loss, optional format; map other names with the --*-col flags.",
     )
     parser.add_argument("table", metavar="TABLE", help="a .csv or .parquet file")

@@ -8,13 +8,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+MODE = 0o644
+
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Write via `write(tmp_name)` beside `path`, then rename: readers see old or new, not half."""
+    """Write via `write(tmp_name)` beside `path`, then rename: readers see old or new, not half.
+    The file ends world-readable (`MODE`): mkstemp makes it owner-only, and a report or table is
+    meant to be served or shared."""
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from compscale.reduce import Reduction
+from compscale.reduce import Reduction, ReductionMetrics
 
 # A held-out loss within 1% (mean |predicted / observed - 1|) counts as the law predicting it.
 HELDOUT_TOLERANCE = 0.01
@@ -62,14 +62,19 @@ def _law_predicts(reduction: Reduction) -> Finding:
         criterion=f"held-out cells predicted within {HELDOUT_TOLERANCE:.0%} (mean |pred/obs - 1|)",
         observed=(
             f"held-out mean |pred/obs - 1| = {error:.3%} over {metrics.heldout_cells} "
-            f"cells; in-sample RMSE of log loss {metrics.rmse_log_loss:.4f}; "
-            f"seed-to-seed std of log loss {metrics.seed_noise_log_loss:.4f}"
+            f"cells; in-sample RMSE of log loss {metrics.rmse_log_loss:.4f}; {_seed_noise(metrics)}"
             if known
             else "no held-out cells"
         ),
         agrees=bool(error <= HELDOUT_TOLERANCE) if known else None,
         caveat="" if not known or error <= HELDOUT_TOLERANCE else SMALL_SCALE_CAVEAT,
     )
+
+
+def _seed_noise(metrics: ReductionMetrics) -> str:
+    if math.isnan(metrics.seed_noise_log_loss):
+        return "seed-to-seed noise not measured (one seed per cell)"
+    return f"seed-to-seed std of log loss {metrics.seed_noise_log_loss:.4f}"
 
 
 def _order_follows_gmse(reduction: Reduction) -> Finding:

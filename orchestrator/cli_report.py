@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -134,6 +135,38 @@ def reduce_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def store_label(store: Store) -> str:
+    """The store as a report names it: a remote URI as it is, a local path relative to the
+    working folder, or just its folder name if it lies outside (no path from this machine)."""
+    if "://" in store.uri:
+        return store.uri
+    relative = os.path.relpath(store.uri)
+    return Path(store.uri).name if relative.startswith("..") else relative
+
+
+def unfinished(store: Store, sweep: str) -> pd.DataFrame:
+    """The sweep's cells that are not done: state, error class and message of the latest event."""
+    import pandas as pd
+
+    rows = []
+    for cell_id in store.manifest(sweep):
+        status = store.status(cell_id)
+        if status.state != "done":
+            event = status.event
+            rows.append(
+                (cell_id, status.state, event.get("error_class") or "", event.get("message") or "")
+            )
+    return pd.DataFrame(rows, columns=["cell_id", "state", "error_class", "message"])
+
+
+def _report_command(args: argparse.Namespace, store: Store) -> str:
+    """The command that regenerates the page, with the store as `store_label` names it."""
+    words = ["compscale", "report", args.sweep]
+    words += ["--store", store_label(store)] if args.store else []
+    words += ["--bootstrap", str(args.bootstrap)] if args.bootstrap != 200 else []
+    return shlex.join(words + (["--refit"] if args.refit else []))
+
+
 def report_command(args: argparse.Namespace) -> int:
     from compscale.files import write_text_atomic
     from compscale.plots import write_figures
@@ -145,14 +178,27 @@ def report_command(args: argparse.Namespace) -> int:
     results = _results(store, args.sweep)
     with _local_folders(store, args.sweep, args.out) as (paths, where):
         tables = Path(paths.reduction)
+        reduction, unfit = None, ""
         if args.refit or not (tables / "reduction.json").exists():
-            reduction = _reduce(results, args, tables)
+            try:
+                reduction = _reduce(results, args, tables)
+            except ValueError as error:  # e.g. one model size: alpha and A are not identified
+                unfit = str(error)
+                print(f"law not fitted ({unfit}); writing a partial report", file=sys.stderr)
         else:
             reduction = Reduction.read(tables)
         out = Path(paths.report)
-        figures = write_figures(reduction, results, out)
-        command = " ".join(["compscale", *sys.argv[1:]])
-        page = sweep_page(args.sweep, store.uri, results, reduction, figures, command)
+        figures = write_figures(reduction, results, out, losses=store.losses(args.sweep))
+        page = sweep_page(
+            args.sweep,
+            store_label(store),
+            results,
+            reduction,
+            figures,
+            _report_command(args, store),
+            unfinished=unfinished(store, args.sweep),
+            unfit=unfit,
+        )
         path = write_report(out, page)
         if args.markdown:
             markdown = Path(args.markdown)

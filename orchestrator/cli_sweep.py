@@ -1,4 +1,4 @@
-"""Sweep commands: validate, plan, submit, status, rerun, query, cancel.
+"""Sweep commands: validate, plan, submit, status, rerun, query, cancel, sweeps, delete.
 
 The store is `--store`, else $COMPSCALE_STORE, else `./store`. Ray is imported only by the commands
 that run cells (submit, rerun); the others never start it.
@@ -88,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cells", nargs="+", metavar="ID", help="these cells (not done ones: --force)"
     )
     command.add_argument("--force", action="store_true", help="rerun the given cells even if done")
+    command.add_argument("--detach", action="store_true", help="run the driver in the background")
     command.set_defaults(func=rerun)
 
     command = subparsers.add_parser(
@@ -102,6 +103,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     command = subparsers.add_parser("cancel", parents=[store_flag], help="stop a running sweep")
     command.add_argument("sweep", help="sweep name")
     command.set_defaults(func=cancel)
+
+    command = subparsers.add_parser(
+        "sweeps",
+        parents=[store_flag],
+        help="the store's sweeps: cells, done, failed, last activity",
+    )
+    command.set_defaults(func=sweeps)
+
+    command = subparsers.add_parser(
+        "delete",
+        parents=[store_flag],
+        help="delete a sweep's folder and the cells no other sweep uses",
+    )
+    command.add_argument("sweep", help="sweep name")
+    command.add_argument("--yes", action="store_true", help="really delete (refused without it)")
+    command.set_defaults(func=delete)
 
 
 # ---- helpers ----------------------------------------------------------------------
@@ -133,11 +150,13 @@ def cell_function(spec: str | None) -> CellFunction | None:
     return getattr(importlib.import_module(module), name)
 
 
-def _print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def _print_table(
+    title: str, columns: list[str], rows: list[list[Any]], caption: str | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption, caption_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
@@ -316,8 +335,14 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
-    """Start this same submit, without --detach, as a background process that outlives the shell."""
-    command = [sys.executable, "-m", "orchestrator.cli", "submit", os.path.abspath(args.spec)]
+    """Start this same submit or rerun, without --detach, as a background process that outlives
+    the shell."""
+    if args.command == "submit":
+        what = ["submit", os.path.abspath(args.spec)]
+    else:
+        what = ["rerun", args.sweep, *(["--cells", *args.cells] if args.cells else ["--failed"])]
+        what += ["--force"] if args.force else []
+    command = [sys.executable, "-m", "orchestrator.cli", *what]
     command += ["--store", store.uri, *_runner_flags(args)]
     local = "://" not in store.uri
     log = Path(store.layout.sweep(name).driver_log) if local else Path(f"{name}-driver.log")
@@ -333,6 +358,25 @@ def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
     print(f"sweep {name}: driver started in the background, pid {process.pid}, log {log}")
     print(f"watch it with: compscale status {name} --store {store.uri}")
     return 0
+
+
+STATUS_CAPTION = (
+    "state: the latest status event (running, lease expired: its worker stopped reporting); "
+    "attempt: the try number; step, loss: a running cell's newest loss row (training loss); "
+    "ETA: its tokens left / its tokens per second; error: class and first line of the message "
+    "(tracebacks below, or --json)"
+)
+
+
+def _running_detail(store: Store, cell_id: str) -> tuple[str, str, str]:
+    """Step, last training loss and ETA of a running cell, from its newest loss row."""
+    row = store.latest_loss(cell_id)
+    if row is None:
+        return "", "", ""
+    left = store.load_cell(cell_id).tokens - row["tokens"]
+    speed = row.get("tokens_per_s") or 0.0
+    eta = f"{left / speed / 60:.1f} min" if speed > 0 else ""
+    return str(row["step"]), f"{row['train_loss']:.4f}", eta
 
 
 def status(args: argparse.Namespace) -> int:
@@ -351,9 +395,12 @@ def status(args: argparse.Namespace) -> int:
     for item in statuses:
         state = f"{item.state} (lease expired)" if item.is_stale(LEASE_S) else item.state
         error = item.event.get("error_class")
-        detail = f"{error}: {item.event.get('message', '')}" if error else ""
-        rows.append([item.cell_id, state, item.attempt, item.event.get("host"), detail])
-    _print_table(f"sweep {args.sweep}", ["cell", "state", "attempt", "host", "error"], rows)
+        first = next(iter(str(item.event.get("message") or "").splitlines()), "")
+        detail = f"{error}: {first}" if error else ""
+        running = _running_detail(store, item.cell_id) if item.state == "running" else ("",) * 3
+        rows.append([item.cell_id, state, item.attempt, item.event.get("host"), *running, detail])
+    columns = ["cell", "state", "attempt", "host", "step", "loss", "ETA", "error"]
+    _print_table(f"sweep {args.sweep}", columns, rows, caption=STATUS_CAPTION)
     for item in statuses:
         if item.state == "failed" and item.event.get("traceback"):
             print(f"\n--- {item.cell_id}, attempt {item.attempt} ---\n{item.event['traceback']}")
@@ -369,6 +416,9 @@ def rerun(args: argparse.Namespace) -> int:
     from orchestrator.spec import parse_spec
 
     store = open_store(args)
+    if args.detach:
+        store.manifest(args.sweep)  # an unknown sweep fails here, not in the background
+        return _detach(args, args.sweep, store)
     source = store.layout.sweep(args.sweep).spec
     spec = parse_spec(store.spec_text(args.sweep), source=source)
     members = set(store.manifest(args.sweep))
@@ -439,4 +489,38 @@ def cancel(args: argparse.Namespace) -> int:
         f"sweep {args.sweep}: cancel requested; {queued} queued cells cancelled; "
         "a running driver stops its cells within a second"
     )
+    return 0
+
+
+def sweeps(args: argparse.Namespace) -> int:
+    from orchestrator.api import sweep_summary
+
+    store = open_store(args)
+    table = sweep_summary(store)
+    rows = [
+        [row.sweep, row.cells, row.done, row.failed, f"{row.last_activity:%Y-%m-%d %H:%M} UTC"]
+        for row in table.itertuples()
+    ]
+    columns = ["sweep", "cells", "done", "failed", "last activity"]
+    _print_table(f"sweeps in {store.uri}", columns, rows)
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    members = store.manifest(args.sweep)
+    if not args.yes:
+        raise ValueError(
+            f"sweep {args.sweep}: deleting it removes its folder and those of its {len(members)} "
+            "cells that no other sweep uses; add --yes to delete"
+        )
+    running = [cell for cell in members if store.status(cell).state == "running"]
+    if running:
+        raise ValueError(
+            f"sweep {args.sweep}: {len(running)} cells are running; "
+            f"compscale cancel {args.sweep} first"
+        )
+    removed = store.delete_sweep(args.sweep)
+    kept = len(members) - len(removed)
+    print(f"deleted sweep {args.sweep} and {len(removed)} cells ({kept} kept: in other sweeps)")
     return 0

@@ -33,6 +33,7 @@ from typing import Any
 
 from orchestrator import claims
 from orchestrator.progress import Progress
+from orchestrator.raylog import token_auth_notice
 from orchestrator.spec import Resources
 from orchestrator.store import CellStatus, Store, utc_stamp
 from workers.config import CellConfig
@@ -239,7 +240,10 @@ def connect(address: str | None = None) -> bool:
         # Ray would dial 127.0.0.1:PORT at the routable address, where a loopback cluster is deaf.
         on_loopback = target.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
         try:
-            with loopback_only() if on_loopback else nullcontext():
+            with (
+                loopback_only() if on_loopback else nullcontext(),
+                token_auth_notice(remote=True),
+            ):
                 ray.init(address=address, logging_level="WARNING")
         except ConnectionError as error:
             raise ValueError(
@@ -247,7 +251,7 @@ def connect(address: str | None = None) -> bool:
                 "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token)"
             ) from None
         return False
-    with loopback_only():
+    with loopback_only(), token_auth_notice(remote=False):
         ray.init(
             address="local",  # a new instance, never a cluster that `ray start` left behind
             num_cpus=os.cpu_count(),
@@ -491,7 +495,8 @@ class Driver:
 
     def _failed(self, cell_id: str, kind: str) -> None:
         self.counts["failed"] += 1
-        self.progress.move("running", "failed", f"failed {cell_id}: {kind}")
+        message = self.store.status(cell_id).event.get("message") or ""
+        self.progress.fail(cell_id, kind, str(message))
 
     def poll_waiting(self) -> None:
         """Cells held by another task: count them done when they finish, or queue them again

@@ -1,4 +1,5 @@
-"""The driver's live view: counts of done / running / failed / pending cells and tokens per second.
+"""The driver's live view: counts of done / running / failed / pending cells and tokens per second,
+and the latest failed cells with the first line of their error.
 
 A rich live table on a terminal; plain lines (one per finished or failed cell, and a summary every
 few seconds) when the output is a file or a pipe, e.g. under `ray job submit` or in CI.
@@ -11,6 +12,8 @@ import time
 from collections import Counter
 from typing import TextIO
 
+SHOWN_FAILURES = 5  # the live view lists this many of the latest failed cells
+
 
 class Progress:
     """Counts kept in O(1) per event, so a 10^4-cell sweep costs nothing to display."""
@@ -20,6 +23,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.quiet = quiet
         self.counts: Counter[str] = Counter()
+        self.failures: list[tuple[str, str, str]] = []  # (cell, error class, first line)
         self.tokens = 0  # training tokens of the cells finished in this run
         self.started = time.monotonic()
         self._last_line = self.started
@@ -46,6 +50,14 @@ class Progress:
             self.stream.write(f"[{self.sweep}] {note}\n")
             self.stream.flush()
         self._refresh()
+
+    def fail(self, cell_id: str, kind: str, message: str = "") -> None:
+        """A running cell failed: counted, named with its error's first line (a plain line, or a
+        row under the live table), so a failure is seen when it happens."""
+        first = next(iter(message.strip().splitlines()), "")
+        self.failures = [*self.failures[-(SHOWN_FAILURES - 1) :], (cell_id, kind, first)]
+        note = f"failed {cell_id}: {kind}" + (f": {first}" if first else "")
+        self.move("running", "failed", note)
 
     def add_tokens(self, tokens: int) -> None:
         self.tokens += tokens
@@ -87,10 +99,18 @@ class Progress:
             self._last_line = now
 
     def _table(self):
+        from rich.console import Group
         from rich.table import Table
 
         table = Table(title=f"sweep {self.sweep}: {self.total} cells")
         for state in (*self._order(), "tokens/s"):
             table.add_column(state, justify="right")
         table.add_row(*(str(self.counts[s]) for s in self._order()), f"{self.tokens_per_s:,.0f}")
-        return table
+        if not self.failures:
+            return table
+        failed = Table(title="latest failures (compscale status SWEEP: all, with tracebacks)")
+        for column in ("cell", "error", "message"):
+            failed.add_column(column, overflow="fold")
+        for row in self.failures:
+            failed.add_row(*row)
+        return Group(table, failed)

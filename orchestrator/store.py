@@ -25,7 +25,15 @@ import pyarrow.parquet as pq
 
 from workers import storage
 from workers.config import CellConfig
-from workers.layout import EVENT_NAME, LOSS_PART, RESULT, Layout, StoreLocation, resolve
+from workers.layout import (
+    EVENT_NAME,
+    LOSS_PART,
+    RESULT,
+    Layout,
+    StoreLocation,
+    attempt_number,
+    resolve,
+)
 from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
 
 if TYPE_CHECKING:
@@ -69,9 +77,12 @@ def permission_reason(error: Exception) -> str:
     return str(error).splitlines()[0].removeprefix("Permission Error: ")
 
 
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+
+
 def utc_stamp(moment: datetime | None = None) -> str:
     """A UTC timestamp that sorts as text: `20261126T043129.123456Z`."""
-    return (moment or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S.%fZ")
+    return (moment or datetime.now(timezone.utc)).strftime(STAMP_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -218,6 +229,19 @@ class Store:
         with self.fs.open_input_stream(self.layout.sweep(name).spec) as stream:
             return stream.read().decode()
 
+    def delete_sweep(self, name: str) -> list[str]:
+        """Delete the sweep's folder, then its cells that no other sweep lists; returns those
+        cells. The manifest goes first, so a crash midway leaves no half sweep, only cells that
+        a later submit reuses by id."""
+        own = set(self.manifest(name))
+        others = {c for sweep in self.sweep_names() if sweep != name for c in self.manifest(sweep)}
+        self.fs.delete_dir(self.layout.sweep(name).directory)
+        removed = sorted(own - others)
+        for cell_id in removed:
+            if self.exists(self.layout.cell(cell_id).directory):
+                self.fs.delete_dir(self.layout.cell(cell_id).directory)
+        return removed
+
     def request_cancel(self, name: str) -> None:
         """Ask the sweep's running driver to stop (a new file per request: append-only)."""
         self.manifest(name)
@@ -278,6 +302,42 @@ class Store:
         if not tables:
             return RESULT_SCHEMA.empty_table().to_pandas()
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+    def latest_loss(self, cell_id: str) -> dict[str, Any] | None:
+        """The newest loss row of the cell's highest attempt (None before its first flush):
+        what `compscale status` shows of a running cell, reading one small file."""
+        paths = self.layout.cell(cell_id)
+        attempts = [attempt_number(name) for name in self.list_names(paths.losses)]
+        attempts = [attempt for attempt in attempts if attempt is not None]
+        if not attempts:
+            return None
+        parts = self.list_names(paths.attempt(max(attempts)))
+        if not parts:
+            return None
+        table = pq.read_table(f"{paths.attempt(max(attempts))}/{parts[-1]}", filesystem=self.fs)
+        return table.slice(table.num_rows - 1).to_pylist()[0] if table.num_rows else None
+
+    def losses(self, sweep: str) -> pd.DataFrame:
+        """The loss rows of a sweep's cells (one per cell and step, the highest attempt's) with
+        each cell's `model`, `format` and `params`: training curves, also of unfinished cells."""
+        members = set(self.manifest(sweep))
+        paths = [
+            path
+            for path in self._files_matching(LOSS_PART)
+            if path.split("/cells/")[-1].split("/", 1)[0] in members
+        ]
+        if not paths:
+            frame = LOSS_SCHEMA.empty_table().to_pandas()
+            return frame.assign(model="", format="", params=0).iloc[:0]
+        frame = ds.dataset(paths, schema=LOSS_SCHEMA, filesystem=self.fs).to_table().to_pandas()
+        frame = frame.sort_values(["cell_id", "step", "attempt"])
+        frame = frame.drop_duplicates(["cell_id", "step"], keep="last").reset_index(drop=True)
+        cells = {cell_id: self.load_cell(cell_id) for cell_id in frame["cell_id"].unique()}
+        return frame.assign(
+            model=frame["cell_id"].map(lambda c: cells[c].model_label),
+            format=frame["cell_id"].map(lambda c: cells[c].format),
+            params=frame["cell_id"].map(lambda c: cells[c].params).astype("int64"),
+        )
 
     def connect(self, views: Iterable[str] = VIEWS) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with the named views over this store, locked read-only.

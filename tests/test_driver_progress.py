@@ -35,3 +35,22 @@ def test_a_terminal_gets_a_live_table_of_counts_and_no_per_cell_lines():
     text = stream.getvalue()
     assert "sweep demo: 2 cells" in text and "tokens/s" in text
     assert "a note only plain output prints" not in text
+
+
+def test_a_failed_cell_is_named_with_the_first_line_of_its_error():
+    stream = io.StringIO()
+    progress = Progress("demo", total=1, stream=stream)
+    progress.move("pending", "running")
+    progress.fail("cell-b", "Diverged", "validation loss is nan at step 40\nTraceback ...")
+    progress.close()
+    assert stream.getvalue().splitlines()[0] == (
+        "[demo] failed cell-b: Diverged: validation loss is nan at step 40"
+    )
+    live = Terminal()
+    progress = Progress("demo", total=1, stream=live)
+    progress.move("pending", "running")
+    progress.fail("cell-b", "Diverged", "validation loss is nan at step 40\nTraceback ...")
+    progress.close()
+    text = live.getvalue()
+    assert "latest failures" in text and "validation loss is nan at step 40" in text
+    assert "Traceback" not in text

@@ -23,8 +23,16 @@ def test_readme_first_command_runs_the_smoke_sweep_and_prints_the_report(smoke_s
 
     store = Store(cwd / "store")
     results = store.results("smoke")
-    assert len(results) == 12 and set(results["format"]) == {"dense", "int4", "sp50"}
+    assert len(results) == 24 and set(results["format"]) == {"dense", "int4", "int2", "int1"}
     assert results["val_loss"].between(0.5, 5.0).all()  # byte-level chance is ln 256 = 5.55
+    # the science the smoke sweep is there to show: loss falls with N at each tokens-per-parameter
+    # ratio for every format, and the capacities follow GMSE
+    ratio = (results["tokens"] / results["params"]).round()
+    for _, cells in results.groupby([results["format"], ratio]):
+        assert cells.sort_values("params")["val_loss"].is_monotonic_decreasing, cells
+    rho = pd.read_parquet(tmp_path / "store" / "sweeps" / "smoke" / "reduction" / "rho.parquet")
+    rho = rho.set_index("format")["rho"]
+    assert rho["dense"] >= rho["int4"] > rho["int2"] > rho["int1"], rho
     duplicates = store.query("SELECT count(*) - count(DISTINCT (cell_id, step)) FROM losses")
     assert duplicates.fetchall() == [(0,)]
 

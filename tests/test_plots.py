@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
 from test_reduce import GMSE, capacities, sweep
 
@@ -65,3 +66,62 @@ def test_law_curves_are_the_fitted_laws_predictions(results, tmp_path, monkeypat
             tokens = params * float(line.get_label().removeprefix("D/N="))
             expected = reduction.fitted.predict(params, tokens, [name] * len(params))
             np.testing.assert_allclose(loss, expected, rtol=1e-12)
+
+
+def test_training_curves_are_one_panel_per_format_on_log_axes(tmp_path, monkeypatch):
+    from compscale import plots
+
+    steps = np.arange(1, 41)
+    losses = pd.concat(
+        pd.DataFrame(
+            {
+                "cell_id": f"{fmt}-{n}", "format": fmt, "params": n, "tokens": steps * 1000,
+                "train_loss": 5.0 / steps**0.3, "val_loss": np.where(steps % 10 == 0, 4.0, np.nan),
+            }
+        )
+        for fmt in ("dense", "int4")
+        for n in (50_000, 200_000)
+    )  # fmt: skip
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.stem, figure))
+    plots._training_curves(losses, tmp_path / "training_curves.png")
+    axes = [axis for axis in figures["training_curves"].axes if axis.get_visible()]
+    assert [axis.get_title() for axis in axes] == ["dense", "int4"]
+    for axis in axes:
+        assert axis.get_xscale() == axis.get_yscale() == "log"
+        assert len(axis.get_lines()) == 4  # two cells, training and validation each
+        labels = [tick.get_text() for tick in axis.get_xticklabels()]
+        assert 1 <= len(labels) <= plots.MAX_TICKS
+    legend = [text.get_text() for text in axes[0].get_legend().get_texts()]
+    assert legend[:2] == ["N=50K", "N=200K"]
+
+
+def test_loss_vs_n_is_drawn_per_tokens_per_parameter_when_d_scales_with_n(results):
+    """Two budgets per size but tied to N: few D values, yet the lines are per D/N."""
+    from compscale.plots import _curve_groups
+
+    tied = results[results["tokens"] / results["params"] <= 30]
+    tied = tied[tied["params"] <= 3e6]  # 2 sizes x 2 ratios: 4 distinct D, 2 ratios
+    label, key = _curve_groups(tied)
+    assert label == "D/N" and sorted(key.unique()) == [10, 30]
+    fixed = tied.assign(tokens=10**7)  # one D for every size: lines at fixed D
+    assert _curve_groups(fixed)[0] == "D"
+
+
+def test_composition_error_bars_stay_in_zero_one(results, tmp_path, monkeypatch):
+    from compscale import plots
+
+    gmse = GMSE | {"sp50+int4": 0.0799}
+    reduction = reduce(results, gmse_of=gmse.get, bits_of=len, bootstrap=20, holdout_fraction=0)
+    wide = reduction.rho.assign(ci_low=-0.5, ci_high=1.7)
+    reduction = replace(reduction, rho=wide)
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.stem, figure))
+    plots._composition(reduction, tmp_path / "composition.png")
+    (axis,) = figures["composition"].axes
+    assert "clipped to [0, 1]" in axis.get_ylabel() and r"\rho" in axis.get_ylabel()
+    from matplotlib.collections import LineCollection
+
+    (bars,) = [c for c in axis.collections if isinstance(c, LineCollection)]
+    ends = np.concatenate([segment[:, 1] for segment in bars.get_segments()])
+    assert ends.min() >= 0 and ends.max() <= 1

@@ -1,0 +1,83 @@
+"""The notebook API: `from compscale import open_store` gives sweeps, results and losses as
+DataFrames and the reduction whose fitted law predicts; importing compscale loads no
+orchestrator.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli_report import TRUE_RHO, fill_store
+
+from orchestrator.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = {"compscale": 0, "workers": 1, "orchestrator": 2}
+
+
+def test_open_store_reads_sweeps_results_losses_and_fits_the_law(tmp_path):
+    from compscale import open_store
+
+    fill_store(Store(tmp_path / "store"), "synthetic")
+    store = open_store(tmp_path / "store")
+    sweeps = store.sweeps()
+    assert list(sweeps.columns) == ["sweep", "cells", "done", "failed", "last_activity"]
+    assert sweeps.iloc[0][["sweep", "cells", "done", "failed"]].tolist() == [
+        "synthetic", 60, 60, 0,
+    ]  # fmt: skip
+    assert isinstance(sweeps.iloc[0]["last_activity"], pd.Timestamp)
+    results = store.results("synthetic")
+    assert len(results) == 60 and set(results["format"]) == set(TRUE_RHO)
+    assert isinstance(store.losses("synthetic"), pd.DataFrame)
+    law = store.reduce("synthetic", bootstrap=0).fitted
+    predicted = law.predict([1e5], [2e6], ["int4"])
+    expected = 40 * (1e5 * 0.9) ** -0.3 + 60 * 2e6**-0.25 + 1.2
+    np.testing.assert_allclose(predicted, [expected], rtol=0.02)
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        open_store(tmp_path / "absent")
+
+
+def test_importing_compscale_loads_no_upper_layer():
+    code = "import sys, compscale, compscale.reduce, compscale.report; print(sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert "orchestrator" not in loaded and "'workers" not in loaded
+
+
+def test_imports_point_down_except_the_one_lazy_re_export():
+    """orchestrator -> workers -> compscale; the only upward import is `open_store`'s."""
+    upward = []
+    for package, level in LAYERS.items():
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                )  # fmt: skip
+                for name in names:
+                    top = name.split(".")[0]
+                    if LAYERS.get(top, -1) > level:
+                        upward.append(f"{path.relative_to(REPO)}: {name}")
+    assert upward == ["compscale/__init__.py: orchestrator.api"]
+
+
+def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
+    from compscale.reduce import reduce
+
+    readme = (REPO / "README.md").read_text()
+    (example,) = [block for block in readme.split("```python\n")[1:] if "open_store" in block]
+    store = Store(tmp_path / "store")
+    fill_store(store, "smoke")
+    reduction = reduce(store.results("smoke"), bootstrap=0)  # stored: the example reads it
+    reduction.write(store.layout.sweep("smoke").reduction)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COMPSCALE_STORE", raising=False)
+    namespace: dict = {}
+    exec(example.split("```")[0], namespace)
+    assert len(namespace["results"]) == 60
+    assert namespace["law"].predict([2e5], [4e6], ["int4"])[0] > 1.2
