@@ -30,7 +30,7 @@ def test_readme_first_command_runs_the_smoke_sweep_and_prints_the_report(smoke_s
     ratio = (results["tokens"] / results["params"]).round()
     for _, cells in results.groupby([results["format"], ratio]):
         assert cells.sort_values("params")["val_loss"].is_monotonic_decreasing, cells
-    rho = pd.read_parquet(tmp_path / "store" / "sweeps" / "smoke" / "reduction" / "rho.parquet")
+    rho = pd.read_parquet(cwd / "store" / "sweeps" / "smoke" / "reduction" / "rho.parquet")
     rho = rho.set_index("format")["rho"]
     assert rho["dense"] >= rho["int4"] > rho["int2"] > rho["int1"], rho
     duplicates = store.query("SELECT count(*) - count(DISTINCT (cell_id, step)) FROM losses")
