@@ -163,7 +163,7 @@ def execute_cell(
         store.record(cell_id, "running", attempt, host=host, pid=pid)
         try:
             result = cell_fn(cell, store_uri, attempt) or {}
-        except BaseException as error:
+        except Exception as error:
             store.record(
                 cell_id,
                 "failed",
@@ -175,6 +175,18 @@ def execute_cell(
                 traceback=traceback.format_exc(),
                 retryable=is_retryable(error),
                 token=token,
+            )
+            raise
+        except BaseException as stop:  # told to exit: its driver died, or it was cancelled
+            store.record(
+                cell_id,
+                "failed",
+                attempt,
+                host=host,
+                pid=pid,
+                error_class="WorkerDied",
+                message=f"attempt {attempt} stopped: its process was told to exit "
+                f"({type(stop).__name__}); the cell is not at fault",
             )
             raise
     wall = time.perf_counter() - started
