@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.cells import expand
 from orchestrator.cli import main
-from orchestrator.driver import Planned, auto_in_flight, drive, plan
+from orchestrator.driver import Planned, auto_in_flight, drive, execute_cell, plan
 from orchestrator.spec import Resources, parse_spec
 from orchestrator.store import Store
 
@@ -285,3 +285,18 @@ def test_a_death_as_the_last_word_runs_again_and_a_cell_ray_gave_up_on_is_held(t
     store.record(crashing.cell_id, "failed", 7, error_class="WorkerCrashedError", retryable=False)
     actions = [item.action for item in plan([dead, crashing], store, retries=6)]
     assert actions == ["run", "hold"]
+
+
+def test_a_task_told_to_exit_records_its_attempt_dead_and_the_cell_runs_again(tmp_path):
+    """Ray makes a task's process exit (SystemExit) when the driver that owns it dies."""
+    store = Store(tmp_path / "store")
+    cell = expand(parse_spec(SPEC))[0]
+
+    def told_to_exit(cell, store_uri: str, attempt: int) -> dict:
+        raise SystemExit(1)
+
+    with pytest.raises(SystemExit):
+        execute_cell(cell.model_dump_json(), store.uri, told_to_exit, "task")
+    status = store.status(cell.cell_id)
+    assert (status.state, status.event["error_class"]) == ("failed", "WorkerDied")
+    assert [item.action for item in plan([cell], store, retries=0)] == ["run"]

@@ -1,5 +1,6 @@
 """The embedded Ray that `connect()` starts listens on 127.0.0.1 only: every socket of every
-process it started (its whole process tree below the test), workers and agents included."""
+process it started (its whole process tree below the test), workers and agents included. Nothing
+is exempt: with its node IP on loopback Ray binds every server there. Token auth stays on."""
 
 import ipaddress
 import os
@@ -37,10 +38,13 @@ def bound_sockets() -> list[tuple[str, str, int]]:
 @pytest.mark.slow
 def test_the_embedded_ray_binds_every_port_to_loopback():
     import ray
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
     assert not ray.is_initialized(), "another test left Ray running in this process"
     assert connect()
     try:
+        if os.environ.get("RAY_AUTH_MODE") != "disabled":  # Ray's default: on
+            assert is_token_auth_enabled(), "loopback_only must not turn token auth off"
 
         @ray.remote(num_cpus=1)
         def worker_pid() -> int:
