@@ -13,7 +13,7 @@ import sys
 COMMAND_MODULES = (
     "compscale.cli_gmse",
     "compscale.cli_fit",
-    "compscale.cli_advise",
+    "orchestrator.cli_advise",
     "workers.cli",
     "orchestrator.cli_sweep",
     "orchestrator.cli_report",
