@@ -158,7 +158,7 @@ def write_spec(directory: Path, cells: int) -> Path:
     spec = directory / f"{SWEEP}.yaml"
     seeds = ", ".join(str(seed) for seed in range(cells))
     spec.write_text(
-        f"name: {SWEEP}\nmodels: [tiny]\ntokens: [1000]\nformats: [dense]\nseeds: [{seeds}]\n"
+        f"name: {SWEEP}\nmodels: [tiny]\ntokens: [4096]\nformats: [dense]\nseeds: [{seeds}]\n"
         "resources: {cpus: 1}\nretries: 6\n"
     )
     return spec

@@ -241,7 +241,7 @@ def ray_head(tmp_path):
 def ray_job_submit(command: list[str], **options) -> subprocess.CompletedProcess:
     """`ray job submit`, tried again while the head's job agent is not up yet (the dashboard
     answers before it does, on a loaded machine by tens of seconds)."""
-    for _ in range(12):
+    for _ in range(24):
         job = subprocess.run(command, **options)
         if "No available agent to submit job" not in job.stdout + job.stderr:
             break
