@@ -171,6 +171,15 @@ class CapacityLaw:
         return float(np.exp(log_capacity(np.array(bits), *self.params[self.group_of(family)])))
 
 
+def law_starts(groups: int) -> list[np.ndarray]:
+    """Starts of the capacity law's coordinates in a joint (unified-gmse) fit: L 1, F 0.3 or 1,
+    C 0.5 or 2, the same for every parameter group."""
+    return [
+        np.tile(z_of_params((cap, slope, power)), groups)
+        for cap, slope, power in itertools.product((1.0,), (0.3, 1.0), (0.5, 2.0))
+    ]
+
+
 def _starts(groups: int) -> list[np.ndarray]:
     return [
         np.tile(z_of_params((cap, slope, power)), groups)

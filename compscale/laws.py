@@ -248,10 +248,7 @@ class UnifiedGmseLaw(Law):
         return self._table
 
     def extra_starts(self) -> list[np.ndarray]:
-        return [
-            np.tile(capacity.z_of_params((cap, slope, power)), len(self.groups))
-            for cap, slope, power in itertools.product((1.0,), (0.3, 1.0), (0.5, 2.0))
-        ]
+        return capacity.law_starts(len(self.groups))
 
     def extra_bounds(self) -> list[tuple[float, float]]:
         return list(capacity.Z_BOUNDS) * len(self.groups)

@@ -403,9 +403,9 @@ def _joint(
     bases = [fit.theta[:5]] + ([fit.runner_up[:5]] if fit.runner_up is not None else [])
     groups = capacity.parameter_groups(parts.values())
     starts = [
-        np.concatenate([base, np.tile(capacity.z_of_params(lfc), len(groups))])
+        np.concatenate([base, extra])
         for base in bases
-        for lfc in ((1.0, 0.3, 0.5), (1.0, 0.3, 2.0), (1.0, 1.0, 0.5), (1.0, 1.0, 2.0))
+        for extra in capacity.law_starts(len(groups))
     ]
     try:
         joint = laws.fit(
