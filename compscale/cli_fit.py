@@ -13,10 +13,27 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def bootstrap_options() -> argparse.ArgumentParser:
+    """`--bootstrap`, `--seed`, `--jobs`: the options every fitting command shares (`fit`,
+    `reduce`, `report`, `advise`, `next`), so they mean the same and default the same."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--bootstrap", type=int, default=200, help="bootstrap resamples of cells (default 200)"
+    )
+    parent.add_argument(
+        "--seed", type=int, default=0, help="seed of the bootstrap (and of a held-out split)"
+    )
+    parent.add_argument(
+        "--jobs", type=int, default=0, help="processes for the bootstrap (default: every core)"
+    )
+    return parent
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `fit` subcommand to the `compscale` parser."""
     parser = subparsers.add_parser(
         "fit",
+        parents=[bootstrap_options()],
         help="fit a scaling law (Chinchilla or unified with per-format rho) to a table of cells",
         description="Huber (delta 1e-3) fit of log loss through log-sum-exp, from a grid of "
         "starts, best kept; 95% CIs by bootstrapping cells. Columns: params (N), tokens (D), "
@@ -54,12 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="drop the K highest-loss rows first (Besiroglu et al. dropped 5)",
     )
-    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
     parser.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument(
-        "--jobs", type=int, default=0, help="processes for the bootstrap (default: every core)"
-    )
     parser.set_defaults(func=run)
 
 

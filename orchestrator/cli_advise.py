@@ -22,16 +22,10 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `advise` and `next` to the `compscale` parser."""
+    from compscale.cli_fit import bootstrap_options
     from orchestrator.cli_sweep import store_parent
 
-    fitting = argparse.ArgumentParser(add_help=False, parents=[store_parent()])
-    fitting.add_argument(
-        "--bootstrap", type=int, default=200, help="bootstrap resamples of cells (default 200)"
-    )
-    fitting.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    fitting.add_argument(
-        "--jobs", type=int, default=0, help="processes for the bootstrap (default: every core)"
-    )
+    fitting = argparse.ArgumentParser(add_help=False, parents=[store_parent(), bootstrap_options()])
 
     command = subparsers.add_parser(
         "advise",

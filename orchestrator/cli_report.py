@@ -29,18 +29,12 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `reduce` and `report` to the `compscale` parser."""
+    from compscale.cli_fit import bootstrap_options
     from orchestrator.cli_sweep import store_parent
 
-    common = argparse.ArgumentParser(add_help=False, parents=[store_parent()])
+    common = argparse.ArgumentParser(add_help=False, parents=[store_parent(), bootstrap_options()])
     common.add_argument("sweep", help="sweep name")
     common.add_argument("--out", help="output folder (default: beside the sweep in the store)")
-    common.add_argument(
-        "--bootstrap", type=int, default=200, help="bootstrap resamples of cells (default 200)"
-    )
-    common.add_argument("--seed", type=int, default=0, help="seed of bootstrap and held-out split")
-    common.add_argument(
-        "--jobs", type=int, default=0, help="processes for the bootstraps (default: every core)"
-    )
 
     command = subparsers.add_parser(
         "reduce",
