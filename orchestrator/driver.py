@@ -18,6 +18,7 @@ reruns dead ones (a `running` cell whose lease expired) and waits for live ones.
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import sys
@@ -32,12 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import claims
+from orchestrator.ladders import Trunks, execute_trunk
 from orchestrator.progress import Progress
 from orchestrator.raylog import token_auth_notice
 from orchestrator.spec import Resources
 from orchestrator.store import CellStatus, Store, utc_stamp
 from workers.config import CellConfig
 from workers.errors import is_retryable
+from workers.ladder import Ladder, Rung, fork_step, rungs
 
 # (cell, store URI, attempt number) -> result row; the attempt is numbered by `execute_cell`.
 CellFunction = Callable[[CellConfig, str, int], dict]
@@ -137,10 +140,14 @@ def execute_cell(
     heartbeat_s: float = HEARTBEAT_S,
     lease_s: float = LEASE_S,
     force: bool = False,
+    trunk: str | None = None,
+    after: Any = None,
 ) -> dict[str, Any]:
     """The body of one cell's Ray task (`token` names this submission; Ray's retries of it share
     it): claim the cell's next attempt, which also numbers it (one number for the status events,
-    the loss rows and the result row), hold its lease and record how it ended.
+    the loss rows and the result row), hold its lease and record how it ended. A ladder's branch
+    names its `trunk` (recorded in its `running` event) and takes its trunk segment's summary as
+    `after`, so that Ray starts it once the segment has finished (`orchestrator.ladders`).
 
     Returns a small summary (`outcome`: trained, done elsewhere or held elsewhere; tokens,
     tokens_per_s, wall_time_s), not the whole result row, so the driver's memory does not grow
@@ -160,10 +167,12 @@ def execute_cell(
             store.record(cell_id, "done", attempt, message=f"attempt {attempt} finished it")
         return summary
     started = time.perf_counter()
+    branch = {"trunk_id": trunk, "fork_step": fork_step(cell)} if trunk else {}
     with heartbeat_lease(store, cell_id, attempt, host, pid, heartbeat_s):
-        store.record(cell_id, "running", attempt, host=host, pid=pid, **_placement())
+        store.record(cell_id, "running", attempt, host=host, pid=pid, **placement(), **branch)
         try:
-            result = cell_fn(cell, store_uri, attempt) or {}
+            options = {"ladder": Ladder(trunk)} if trunk else {}
+            result = cell_fn(cell, store_uri, attempt, **options) or {}
         except Exception as error:
             store.record(
                 cell_id,
@@ -199,7 +208,7 @@ def execute_cell(
     }
 
 
-def _placement() -> dict[str, str]:
+def placement() -> dict[str, str]:
     """The Ray node this task runs on (`node_id`, `node_ip`), for the `running` event; empty
     outside Ray."""
     import ray
@@ -215,13 +224,13 @@ def _placement() -> dict[str, str]:
 def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFunction:
     """Run `cell_fn` in `cell.world_size` Ray Train workers, each in a torch process group."""
 
-    def run_ddp(cell: CellConfig, store_uri: str, attempt: int) -> dict:
+    def run_ddp(cell: CellConfig, store_uri: str, attempt: int, **options: Any) -> dict:
         import ray.train
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         def train_loop() -> None:
-            result = cell_fn(cell, store_uri, attempt) or {}
+            result = cell_fn(cell, store_uri, attempt, **options) or {}
             ray.train.report({k: v for k, v in result.items() if isinstance(v, (int, float))})
 
         per_worker = {"CPU": resources.cpus} | ({"GPU": resources.gpus} if resources.gpus else {})
@@ -321,7 +330,9 @@ class Driver:
     (`poll_waiting`), `submit` queued cells up to `max_in_flight`, `finish` completed ones. Each
     completion costs O(1) store writes and no listing, so overhead is flat in the cell count.
     With a `claim` (the sweep's, `orchestrator.claims.hold_sweep`) it stops if another driver took
-    the sweep over.
+    the sweep over. When the cell function takes a `ladder` (as `workers.run_cell` does), WSD cells
+    that differ only in their budget run as one trunk and a branch per budget
+    (`orchestrator.ladders`); otherwise every cell trains on its own.
     """
 
     def __init__(
@@ -355,6 +366,10 @@ class Driver:
         # table, ~12 MiB here) and one task name for all cells (Ray keeps ~5 KiB per distinct
         # name for good: 40 MiB at 8,000 cells). The store is this driver's record.
         self.task = ray.remote(enable_task_events=False, name="compscale-cell")(execute_cell)
+        trunk_task = ray.remote(enable_task_events=False, name="compscale-trunk")
+        self.trunk_task = trunk_task(execute_trunk)
+        self.ladders = "ladder" in inspect.signature(self.cell_fn).parameters
+        self.trunks = Trunks(store, {}, self._start_segment)
         self.progress: Progress | None = progress
         self.claim = claim
         self.queue: deque[_InFlight] = deque()
@@ -368,6 +383,8 @@ class Driver:
         import ray
 
         self.progress = self.progress or Progress(self.sweep, len(planned), quiet=True)
+        if self.ladders:
+            self.trunks.rungs = rungs([item.cell for item in planned])
         if self.max_in_flight <= 0:
             self.max_in_flight = auto_in_flight(ray.cluster_resources(), self.resources, planned)
         for item in planned:
@@ -430,15 +447,9 @@ class Driver:
             cell.cell_id, "pending", 0, host=socket.gethostname(), pid=os.getpid(), **details
         )
         item.rerun, item.token = False, uuid.uuid4().hex
-        if (
-            cell.world_size > 1
-        ):  # the task only launches Ray Train workers, which hold the resources
-            options = {"num_cpus": 0, "num_gpus": 0}
-            function = self.ddp_fn
-        else:
-            options = {"num_cpus": self.resources.cpus, "num_gpus": self.resources.gpus}
-            function = self.cell_fn
-        ref = self.task.options(**options, max_retries=self.retries, retry_exceptions=False).remote(
+        rung = self.trunks.rung(cell)
+        options, function = self._placed(cell)
+        ref = self.task.options(**options).remote(
             cell.model_dump_json(),
             self.store.uri,
             function,
@@ -446,9 +457,32 @@ class Driver:
             heartbeat_s=self.heartbeat_s,
             lease_s=self.lease_s,
             force=item.force,
+            trunk=rung.trunk_id if rung else None,
+            after=self.trunks.before(cell),
         )
         self.in_flight[ref] = item
         self.progress.move("pending", "running")
+
+    def _start_segment(self, rung: Rung, fork: int, previous: Any) -> Any:
+        """Start the task that trains `rung`'s trunk up to `fork`, after `previous` (a segment)."""
+        options, function = self._placed(rung.top)
+        return self.trunk_task.options(**options).remote(
+            rung.top.model_dump_json(),
+            self.store.uri,
+            function,
+            rung.trunk_id,
+            rung.forks_to(fork),
+            previous,
+        )
+
+    def _placed(self, cell: CellConfig) -> tuple[dict[str, Any], CellFunction]:
+        """The task options and the function that train `cell`: in the task itself, or, for world
+        size > 1, in Ray Train workers that hold the resources (the task holds none)."""
+        retries = {"max_retries": self.retries, "retry_exceptions": False}
+        if cell.world_size > 1:
+            return {"num_cpus": 0, "num_gpus": 0} | retries, self.ddp_fn
+        resources = {"num_cpus": self.resources.cpus, "num_gpus": self.resources.gpus}
+        return resources | retries, self.cell_fn
 
     def finish(self, ref: Any) -> None:
         """Account for a completed task: done (here or elsewhere), held elsewhere, retried after
@@ -459,9 +493,29 @@ class Driver:
         cell_id = item.cell.cell_id
         try:
             summary = ray.get(ref)
-        except ray.exceptions.RayTaskError as error:  # the cell function raised
+        except ray.exceptions.RayError as error:
+            if (rung := self.trunks.rung(item.cell)) is not None:
+                self.trunks.forget_failed(rung.trunk_id)  # its trunk's segment may have failed
+            self._failure(item, error)
+        else:
+            if summary["outcome"] == claims.HELD:
+                self.waiting[cell_id] = item
+                self.progress.move("running", "waiting", f"held elsewhere {cell_id}")
+                return
+            self.counts["done"] += 1
+            self.progress.add_tokens(summary["tokens"])
+            how = f"{summary['wall_time_s']:.1f} s" if summary["outcome"] == claims.CLAIMED else ""
+            self.progress.move("running", "done", f"done {cell_id} ({how or 'elsewhere'})")
+
+    def _failure(self, item: _InFlight, error: Any) -> None:
+        """An application error (the cell function, or its trunk's, raised), or a worker that
+        died more often than Ray retries it."""
+        import ray
+
+        cell_id = item.cell.cell_id
+        if isinstance(error, ray.exceptions.RayTaskError):
             self._application_error(item, error)
-        except ray.exceptions.RayError as error:  # the worker died more often than Ray retries
+        else:
             latest = claims.latest_attempt(self.store, cell_id)
             self.store.record(
                 cell_id,
@@ -472,15 +526,6 @@ class Driver:
                 retryable=False,
             )
             self._failed(cell_id, type(error).__name__)
-        else:
-            if summary["outcome"] == claims.HELD:
-                self.waiting[cell_id] = item
-                self.progress.move("running", "waiting", f"held elsewhere {cell_id}")
-                return
-            self.counts["done"] += 1
-            self.progress.add_tokens(summary["tokens"])
-            how = f"{summary['wall_time_s']:.1f} s" if summary["outcome"] == claims.CLAIMED else ""
-            self.progress.move("running", "done", f"done {cell_id} ({how or 'elsewhere'})")
 
     def _application_error(self, item: _InFlight, error: Any) -> None:
         """Retry the cell while the store says its budget allows (a restarted driver counts the
@@ -537,6 +582,7 @@ class Driver:
             )
             self.progress.move("pending", "cancelled")
         self.counts["cancelled"] += len(self.in_flight) + len(self.queue)
+        self.trunks.cancel()
         self.in_flight.clear()
         self.queue.clear()
         self.waiting.clear()

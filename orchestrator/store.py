@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from workers import storage
 from workers.config import CellConfig
+from workers.ladder import trunk_id
 from workers.layout import (
     EVENT_NAME,
     LOSS_PART,
@@ -237,10 +238,23 @@ class Store:
         others = {c for sweep in self.sweep_names() if sweep != name for c in self.manifest(sweep)}
         self.fs.delete_dir(self.layout.sweep(name).directory)
         removed = sorted(own - others)
+        trunks = {self._trunk_of(c) for c in removed} - {None}
+        if trunks:  # a trunk goes with the last cell that branches from it
+            trunks -= {self._trunk_of(c) for c in others}
         for cell_id in removed:
             if self.exists(self.layout.cell(cell_id).directory):
                 self.fs.delete_dir(self.layout.cell(cell_id).directory)
+        for trunk in trunks:
+            if self.exists(self.layout.trunk(trunk).directory):
+                self.fs.delete_dir(self.layout.trunk(trunk).directory)
         return removed
+
+    def _trunk_of(self, cell_id: str) -> str | None:
+        """The trunk a WSD cell would branch from; None for other cells (or no cell.json)."""
+        if not self.exists(self.layout.cell(cell_id).config):
+            return None
+        cell = self.load_cell(cell_id)
+        return trunk_id(cell) if cell.train.schedule == "wsd" else None
 
     def request_cancel(self, name: str) -> None:
         """Ask the sweep's running driver to stop (a new file per request: append-only)."""
@@ -261,6 +275,20 @@ class Store:
         event = {"cell_id": cell_id, "state": state, "attempt": attempt, "at": moment.isoformat()}
         path = self.layout.cell(cell_id).event(utc_stamp(moment), attempt, state)
         self.write_json(path, event | details)
+
+    def record_trunk(self, trunk_id: str, state: str, fork: int, **details: Any) -> None:
+        """Append one event of a ladder's trunk segment (the one that stops at `fork`): trunks
+        are no cells, but when and where each segment ran is on record beside their cells'.
+        Named attempt 0: the trunk's loss rows number their attempts on their own."""
+        moment = datetime.now(timezone.utc)
+        event = {"trunk_id": trunk_id, "state": state, "fork": fork, "at": moment.isoformat()}
+        path = self.layout.trunk(trunk_id).event(utc_stamp(moment), 0, state)
+        self.write_json(path, event | details)
+
+    def trunk_events(self, trunk_id: str) -> list[dict[str, Any]]:
+        """The trunk's segment events, oldest first."""
+        paths = storage.list_paths(self.fs, self.layout.trunk(trunk_id).status)
+        return [self.read_json(path) for path in paths if EVENT_NAME.match(path.rsplit("/", 1)[1])]
 
     def events(self, cell_id: str) -> list[str]:
         """The cell's status event file paths, oldest first."""

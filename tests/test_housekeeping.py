@@ -13,7 +13,8 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.store import Store
 from workers.cli import load_cell_file
-from workers.config import CellConfig, preset
+from workers.config import CellConfig, TrainConfig, preset
+from workers.ladder import trunk_id, with_horizon
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -117,3 +118,21 @@ def test_help_prints_percent_signs_once(command):
         capture_output=True, text=True, check=True, cwd=REPO,
     ).stdout  # fmt: skip
     assert "%%" not in text
+
+
+def test_delete_removes_a_ladder_trunk_with_the_last_sweep_that_branches_from_it(tmp_path):
+    store = Store(tmp_path / "store")
+    train = TrainConfig(schedule="wsd", batch_size=4)
+    cells = with_horizon(
+        [CellConfig(model="tiny", format="int4", tokens=t * 4 * 128, train=train) for t in (10, 20)]
+    )
+    for cell in cells:
+        store.put_cell(cell)
+    store.put_sweep("short", "name: short\n", [cells[0].cell_id])
+    store.put_sweep("long", "name: long\n", [cells[1].cell_id])
+    trunk = store.layout.trunk(trunk_id(cells[0]))
+    store.write_atomic(trunk.checkpoint(8), b"weights")
+    store.delete_sweep("short")
+    assert store.exists(trunk.checkpoint(8)), "the long budget still branches from it"
+    store.delete_sweep("long")
+    assert not store.exists(trunk.directory)

@@ -10,11 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from workers.config import CellConfig
+    from workers.ladder import Ladder
 
 
-def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict[str, Any]:
+def run_cell(
+    cell: CellConfig | dict,
+    store_uri: str,
+    attempt: int | None = None,
+    ladder: Ladder | None = None,
+) -> dict[str, Any]:
     """Train one cell into the store at `store_uri` (path or URI) as attempt `attempt` (None: the
-    cell's next one); returns its result row."""
+    cell's next one), or its `ladder` part (a trunk segment or a branch); returns its result
+    row."""
     from workers.train import run_cell as train_cell
 
-    return train_cell(cell, store_uri, attempt)
+    return train_cell(cell, store_uri, attempt, ladder)

@@ -13,11 +13,38 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
 from workers.config import CellConfig
 from workers.schedule import cooldown_start, total_steps
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """A run's part in a ladder. With `forks`, the run is the trunk: it stops after the last fork
+    step and keeps a checkpoint at each (under `trunks/<trunk_id>`), writing no result. Without,
+    it is a branch: a cell that, lacking a checkpoint of its own, starts from the trunk's
+    checkpoint at its cooldown start, with the trunk's loss rows."""
+
+    trunk_id: str
+    forks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rung:
+    """A budget's place on its ladder: the trunk, the ladder's largest budget (whose config the
+    trunk trains with), every fork step of the ladder (ascending) and this budget's fork."""
+
+    trunk_id: str
+    top: CellConfig
+    forks: tuple[int, ...]
+    fork: int
+
+    def forks_to(self, fork: int) -> tuple[int, ...]:
+        """The forks a trunk segment that stops at `fork` keeps checkpoints at."""
+        return tuple(step for step in self.forks if step <= fork)
 
 
 def trunk_key(cell: CellConfig) -> str:
@@ -44,6 +71,19 @@ def ladders(cells: Sequence[CellConfig]) -> list[list[CellConfig]]:
     wsd = sorted((cell for cell in cells if cell.train.schedule == "wsd"), key=trunk_key)
     grouped = [sorted(group, key=lambda c: c.tokens) for _, group in groupby(wsd, trunk_key)]
     return alone + grouped
+
+
+def rungs(cells: Sequence[CellConfig]) -> dict[str, Rung]:
+    """Each cell of a ladder of two or more budgets, by id, with its rung (a lone WSD cell trains
+    on its own: a trunk would save nothing)."""
+    placed = {}
+    for ladder in ladders(cells):
+        if len(ladder) < 2 or ladder[0].train.schedule != "wsd":
+            continue
+        forks = tuple(sorted({fork_step(cell) for cell in ladder}))
+        for cell in ladder:
+            placed[cell.cell_id] = Rung(trunk_id(cell), ladder[-1], forks, fork_step(cell))
+    return placed
 
 
 def ladder_tokens(ladder: Sequence[CellConfig]) -> int:
@@ -87,7 +127,7 @@ def run_ladder(cells: Sequence[CellConfig], store_uri: str) -> list[dict[str, An
     """Train the cells' shared trunk (resuming from its newest checkpoint; skipped when every
     fork checkpoint exists), then each budget's cooldown from its fork. Returns the results."""
     from workers import checkpoint  # torch: imported only where cells are trained
-    from workers.train import Ladder, run_cell
+    from workers.train import run_cell
 
     ladder = sorted(cells, key=lambda c: c.tokens)
     keys = {trunk_key(cell) for cell in ladder}

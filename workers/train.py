@@ -15,7 +15,6 @@ import contextlib
 import math
 import platform
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.compute as pc
@@ -30,6 +29,7 @@ from workers import checkpoint, data, storage
 from workers.compressed_linear import linear_factory, mask_update, update_masks
 from workers.config import CellConfig, TrainConfig
 from workers.distributed import Runtime, close_runtime, init_runtime
+from workers.ladder import Ladder
 from workers.layout import Layout, resolve
 from workers.model import Transformer
 from workers.schedule import cooldown_start, horizon, learning_rate, total_steps
@@ -66,17 +66,6 @@ class _DivergenceWatch:
         return None
 
 
-@dataclass(frozen=True)
-class Ladder:
-    """A run's part in a WSD ladder (`workers.ladder`). With `forks`, the run is the trunk: it
-    stops after the last fork step and keeps a checkpoint at each (under `trunks/<trunk_id>`),
-    writing no result. Without, it is a branch: a cell that, lacking a checkpoint of its own,
-    starts from the trunk's checkpoint at its cooldown start, with the trunk's loss rows."""
-
-    trunk_id: str
-    forks: tuple[int, ...] = ()
-
-
 def run_cell(
     cell: CellConfig | dict,
     store_uri: str,
@@ -93,6 +82,13 @@ def run_cell(
         return train(cell, store_uri, runtime, attempt, ladder)
     finally:
         close_runtime(runtime)
+
+
+def build_model(cell: CellConfig, device: torch.device) -> Transformer:
+    """The cell's model at initialisation: seeded by the cell's seed alone, so every format of one
+    (N, D, seed) starts from the same latent weights (the paired design the reducer relies on)."""
+    torch.manual_seed(cell.seed)
+    return Transformer(cell.model, linear_factory(parse(cell.format))).to(device)
 
 
 def plan_steps(cell: CellConfig, world_size: int) -> tuple[int, int, int]:
@@ -223,8 +219,7 @@ def train(
     tokens_per_step = config.batch_size * seq_len
     dtype = autocast_dtype(config, runtime.device)
 
-    torch.manual_seed(cell.seed)
-    model = Transformer(cell.model, linear_factory(fmt)).to(runtime.device)
+    model = build_model(cell, runtime.device)
     optimizer = make_optimizer(model, config, runtime.device)
     parameters = list(model.parameters())
     state, forked = _start_state(cell, store_uri, runtime, ladder), False
