@@ -14,6 +14,7 @@ from s3 import moto_s3, unique_prefix
 
 import workers.train
 from orchestrator.cells import expand
+from orchestrator.driver import execute_cell
 from orchestrator.spec import SpecError, parse_spec
 from workers import run_cell, trackers
 from workers.layout import Layout
@@ -169,14 +170,15 @@ def test_a_failed_then_resumed_cell_shows_its_stored_rows_in_tensorboard_and_wan
     store = str(tmp_path / "store")
     paths = Layout(store).cell(cell.cell_id)
     # Attempt 1 fails at step 24 (a non-finite evaluation), after its checkpoint at step 20 and
-    # with its rows to step 24 flushed; attempt 2 resumes from step 20 and finishes.
+    # with its rows to step 24 flushed; attempt 2 resumes from step 20 and finishes, run as the
+    # driver's task runs it: the trackers travel in the cell's JSON.
     evaluate = workers.train.evaluate
     monkeypatch.setattr(workers.train, "evaluate", lambda *args, **kwargs: math.inf)
     with pytest.raises(Diverged, match="at step 24"):
         run_cell(cell, store)
     gc.collect()  # the failed attempt's trackers close once it is let go
     monkeypatch.setattr(workers.train, "evaluate", evaluate)
-    run_cell(cell, store)
+    execute_cell(cell.model_dump_json(), store, run_cell, "resume", heartbeat_s=60)
 
     rows = read_losses(store, cell.cell_id).to_pylist()  # the store's view: latest attempt wins
     assert [row["attempt"] for row in rows] == [1] * 20 + [2] * 10
