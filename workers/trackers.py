@@ -104,7 +104,7 @@ class Trackers:
 
     `close` ends them when the attempt succeeds. An attempt that raises closes them as failed when
     its sink is let go (a finalizer, also run at exit), since the training loop has no cleanup
-    block; the files are already as complete as the store, since each batch of rows is flushed.
+    block; nothing is lost meanwhile, as each batch is handed over when the store gets it.
     """
 
     def __init__(self, cell_id: str, opened: dict[str, _Tracker]):
