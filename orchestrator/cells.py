@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from orchestrator.spec import SpecError, SweepSpec
-from workers.config import CellConfig
+from workers.config import CellConfig, TrackingConfig
 from workers.data import DataShape, describe, validation_tokens_needed
 from workers.ladder import with_horizon
 
@@ -36,11 +36,17 @@ def expand(spec: SweepSpec, source: str = "<spec>") -> list[CellConfig]:
     A relative budget becomes `round(tokens_per_param * N)` tokens for each model's N. Two entries
     that resolve to the same cell are an error naming the second one's YAML path, and so is a cell
     that could not run (`_check_runnable`): better in `validate` than hours later on a worker.
-    WSD cells get their ladder's shared horizon (`workers.ladder.with_horizon`).
+    WSD cells get their ladder's shared horizon (`workers.ladder.with_horizon`), and every cell
+    the spec's trackers, with the sweep's name for their group (neither changes a cell id).
     """
     cells: list[CellConfig] = []
     origin_of: dict[str, str] = {}
     shape = _data_shape(spec, source)
+    tracking = (
+        TrackingConfig(trackers=tuple(spec.trackers), sweep=spec.name)
+        if spec.trackers
+        else TrackingConfig()
+    )
 
     def add(cell: CellConfig, origin: _Origin) -> None:
         _check_runnable(cell, origin, shape, source)
@@ -70,6 +76,7 @@ def expand(spec: SweepSpec, source: str = "<spec>") -> list[CellConfig]:
                 train=train,
                 data=spec.data,
                 world_size=spec.world_size,
+                tracking=tracking,
             )
             combination = f"models[{m}] × {where} × formats[{f}] × seeds[{s}]"
             layers = ((f"models[{m}].train", entry.train),)
@@ -85,6 +92,7 @@ def expand(spec: SweepSpec, source: str = "<spec>") -> list[CellConfig]:
             train=spec.train_for(extra.model.train, extra.train),
             data=spec.data,
             world_size=spec.world_size,
+            tracking=tracking,
         )
         path = f"extra_cells[{e}]"
         budget = f"{path}.tokens" if extra.tokens else f"{path}.tokens_per_param"

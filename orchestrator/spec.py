@@ -23,7 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from workers.config import DataConfig, ModelConfig, TrainConfig, resolve_model
+from workers.config import DataConfig, ModelConfig, Tracker, TrainConfig, resolve_model
+from workers.trackers import missing_extra
 
 
 class SpecError(ValueError):
@@ -84,8 +85,16 @@ class ModelEntry(_Strict):
         return resolve_model(self.model_dump(exclude={"train"}, exclude_none=True))
 
 
+def _installed(tracker: Tracker) -> Tracker:
+    """A tracker whose extra is missing fails validation, not the cells it would watch."""
+    if (message := missing_extra(tracker)) is not None:
+        raise ValueError(message)
+    return tracker
+
+
 Model = Annotated[ModelEntry, BeforeValidator(_preset_name_to_mapping)]
 Format = Annotated[str, AfterValidator(canonical_format)]
+InstalledTracker = Annotated[Tracker, AfterValidator(_installed)]
 
 
 class Resources(_Strict):
@@ -132,6 +141,11 @@ class SweepSpec(_Strict):
     retries: int = Field(default=2, ge=0, description="application-error retries per cell")
     max_in_flight: int = Field(default=0, ge=0, description="cells submitted at once; 0 = auto")
     extra_cells: list[ExtraCell] = Field(default_factory=list)
+    trackers: list[InstalledTracker] = Field(
+        default_factory=list,
+        description="where each cell's loss rows are mirrored besides the store: tensorboard, "
+        "wandb (workers.trackers); none by default, and never part of a cell's id",
+    )
 
     @model_validator(mode="after")
     def _has_cells(self) -> SweepSpec:

@@ -14,7 +14,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 BYTE_VOCAB = 256
 
@@ -142,8 +150,19 @@ class DataConfig(_Frozen):
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
 
 
+Tracker = Literal["tensorboard", "wandb"]
+
+
+class TrackingConfig(_Frozen):
+    """Experiment trackers that mirror a run's loss rows (`workers.trackers`). How a run is
+    watched, not what it computes: it stays out of the cell's id and its `cell.json`."""
+
+    trackers: tuple[Tracker, ...] = ()
+    sweep: str = Field(default="", description="the sweep that started the run: the W&B group")
+
+
 # Fields that change how a run is carried out but not its result; they stay out of the cell's id.
-_NOT_IDENTITY = {"world_size": True, "train": {"checkpoint_every", "eval_every"}}
+_NOT_IDENTITY = {"world_size": True, "tracking": True, "train": {"checkpoint_every", "eval_every"}}
 # Fields a cosine cell ignores: left out of its id, so cells from before WSD keep their ids.
 _WSD_ONLY = ("schedule", "cooldown_fraction", "horizon_steps")
 
@@ -158,6 +177,7 @@ class CellConfig(_Frozen):
     train: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()
     world_size: int = Field(default=1, gt=0)
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -172,6 +192,15 @@ class CellConfig(_Frozen):
         from compscale.formats import parse
 
         return str(parse(value))
+
+    @model_serializer(mode="wrap")
+    def _without_idle_tracking(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave `tracking` out of a dump while no tracker is on, so dumps of cells (the driver's
+        task arguments, the `cells` view's `config`) read as they did before trackers existed."""
+        dumped = handler(self)
+        if not self.tracking.trackers:
+            dumped.pop("tracking", None)
+        return dumped
 
     @property
     def params(self) -> int:

@@ -11,6 +11,7 @@ from strings, so the layout in docs/contracts.md is written down in code exactly
     cells/<cell_id>/status/<utc-ts>-a<k>-<state>.json      append-only status events
     cells/<cell_id>/heartbeat.json                         the running attempt's lease
     cells/<cell_id>/claims/attempt-<k>.json                who started attempt k (created once)
+    cells/<cell_id>/tensorboard/, wandb/                   tracker files, with `trackers` on
     sweeps/<name>/spec.yaml, manifest.json, cancel/<utc-ts>.json, driver.log
     sweeps/<name>/drivers/<generation:06d>.json            driver claims; the highest one holds
     sweeps/<name>/reduction/, report/                      reducer tables and the report
@@ -112,6 +113,18 @@ class CellPaths:
     def claim(self, attempt: int) -> str:
         """Created exclusively by the task that starts attempt `attempt`: one starter per number."""
         return f"{self.claims}/attempt-{attempt}.json"
+
+    @property
+    def tensorboard(self) -> str:
+        """TensorBoard event files, one per attempt (`workers.trackers`); views of the loss
+        rows, written in place, so `tensorboard --logdir <store>/cells` shows every cell."""
+        return f"{self.directory}/tensorboard"
+
+    @property
+    def wandb(self) -> str:
+        """W&B's run folders (`workers.trackers`): W&B makes `wandb/` in the folder it is given,
+        the cell's."""
+        return f"{self.directory}/wandb"
 
 
 @dataclass(frozen=True)

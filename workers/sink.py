@@ -5,6 +5,7 @@ at most the rows since the last flush and never leaves a torn file. The attempt 
 whoever started the attempt (`workers.storage.next_attempt`); the sink never chooses one. Loss and
 gradient norm may be handed in as 0-d tensors: they are converted only at flush time, so logging
 costs no device sync per step.
+Each flushed batch also goes to the attempt's experiment trackers, if any (`workers.trackers`).
 The schemas are the ones in docs/contracts.md.
 """
 
@@ -22,6 +23,7 @@ import torch
 from workers import storage
 from workers.layout import CellPaths, Layout, resolve
 from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
+from workers.trackers import Trackers
 
 
 def table_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
@@ -40,6 +42,7 @@ class LossSink:
         attempt: int,
         flush_seconds: float = 5.0,
         paths: CellPaths | None = None,
+        trackers: Trackers | None = None,
     ):
         location = resolve(store_uri)
         self.filesystem = location.filesystem
@@ -50,6 +53,7 @@ class LossSink:
         self.rows: list[dict[str, Any]] = []
         self.parts_written = 0
         self.last_flush = time.monotonic()
+        self.trackers = trackers
 
     def append(self, **row: Any) -> None:
         """Add one step's row (LOSS_SCHEMA less cell_id and attempt); flush when it is time."""
@@ -73,16 +77,21 @@ class LossSink:
         ]
         path = self.paths.loss_part(self.attempt, self.parts_written)
         storage.write_atomic(self.filesystem, path, table_bytes(rows, LOSS_SCHEMA))
+        if self.trackers is not None:
+            self.trackers.log(rows)
         self.parts_written += 1
         self.rows = []
 
     def write_result(self, row: dict[str, Any]) -> None:
-        """Flush pending losses, then write the cell's one-row `result.parquet`."""
+        """Flush pending losses, then write the cell's one-row `result.parquet`: the attempt has
+        succeeded, so its trackers are closed."""
         self.flush()
         row = row | {"cell_id": self.cell_id, "attempt": self.attempt}
         row.setdefault("finished_at", datetime.now(timezone.utc))
         data = table_bytes([row], RESULT_SCHEMA)
         storage.write_atomic(self.filesystem, self.paths.result, data)
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def _floats(values: list[Any]) -> list[float | None]:

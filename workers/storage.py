@@ -119,7 +119,10 @@ def next_attempt(filesystem: pafs.FileSystem, cell: CellPaths) -> int:
 
 def write_cell_config(filesystem: pafs.FileSystem, layout: Layout, cell: CellConfig) -> None:
     """The one writer of `cell.json` (the canonical config): written once, an existing one kept,
-    whether the orchestrator registers the cell or a worker trains it outside the orchestrator."""
+    whether the orchestrator registers the cell or a worker trains it outside the orchestrator.
+    Its trackers are left out: they belong to the run that started it, not to the cell."""
     path = layout.cell(cell.cell_id).config
     if not is_file(filesystem, path):
-        write_atomic(filesystem, path, cell.model_dump_json(indent=1).encode())
+        write_atomic(
+            filesystem, path, cell.model_dump_json(indent=1, exclude={"tracking"}).encode()
+        )

@@ -35,6 +35,7 @@ from workers.model import Transformer
 from workers.schedule import cooldown_start, horizon, learning_rate, total_steps
 from workers.schema import LOSS_SCHEMA
 from workers.sink import LossSink, read_losses
+from workers.trackers import open_trackers
 
 DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag (one sync each)
 
@@ -250,7 +251,8 @@ def train(
             storage.write_cell_config(location.filesystem, layout, cell)
         if attempt is None or trunk:
             attempt = storage.next_attempt(location.filesystem, paths)
-        sink = LossSink(store_uri, cell.cell_id, attempt, paths=paths)
+        trackers = None if trunk else open_trackers(cell, store_uri, attempt, start_step)
+        sink = LossSink(store_uri, cell.cell_id, attempt, paths=paths, trackers=trackers)
         if forked:  # the trunk's rows are this cell's first steps
             trunk_rows = read_losses(store_uri, "", paths=layout.trunk(ladder.trunk_id))
             for row in trunk_rows.filter(pc.less(trunk_rows["step"], start_step)).to_pylist():
