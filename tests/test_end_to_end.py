@@ -23,15 +23,17 @@ def test_readme_first_command_runs_the_smoke_sweep_and_prints_the_report(smoke_s
 
     store = Store(cwd / "store")
     results = store.results("smoke")
-    assert len(results) == 24 and set(results["format"]) == {"dense", "int4", "int2", "int1"}
+    assert len(results) == 36 and set(results["format"]) == {"dense", "int4", "int2", "int1"}
     assert results["val_loss"].between(0.5, 5.0).all()  # byte-level chance is ln 256 = 5.55
-    # the science the smoke sweep is there to show: loss falls with N at each tokens-per-parameter
-    # ratio for every format, and the capacities follow GMSE
-    ratio = (results["tokens"] / results["params"]).round()
-    for _, cells in results.groupby([results["format"], ratio]):
+    # the science the smoke sweep is there to show: loss falls with N at every budget for every
+    # format, the unified law is identified (alpha's interval well away from 0), and the
+    # capacities follow GMSE
+    for _, cells in results.groupby(["format", "tokens"]):
         assert cells.sort_values("params")["val_loss"].is_monotonic_decreasing, cells
-    rho = pd.read_parquet(cwd / "store" / "sweeps" / "smoke" / "reduction" / "rho.parquet")
-    rho = rho.set_index("format")["rho"]
+    reduction = cwd / "store" / "sweeps" / "smoke" / "reduction"
+    law = pd.read_parquet(reduction / "law.parquet").set_index("parameter")
+    assert law.loc["alpha", "ci_low"] > 0.05 and not law.loc["alpha", "note"], law
+    rho = pd.read_parquet(reduction / "rho.parquet").set_index("format")["rho"]
     assert rho["dense"] >= rho["int4"] > rho["int2"] > rho["int1"], rho
     duplicates = store.query("SELECT count(*) - count(DISTINCT (cell_id, step)) FROM losses")
     assert duplicates.fetchall() == [(0,)]
