@@ -159,9 +159,9 @@ def execute_cell(
         if store.status(cell_id).state != "done":  # a later `pending` hides that it finished
             store.record(cell_id, "done", attempt, message=f"attempt {attempt} finished it")
         return summary
-    started = time.perf_counter()
+    started, placement = time.perf_counter(), _placement()
     with heartbeat_lease(store, cell_id, attempt, host, pid, heartbeat_s):
-        store.record(cell_id, "running", attempt, host=host, pid=pid, **_placement())
+        store.record(cell_id, "running", attempt, host=host, pid=pid, **placement)
         try:
             result = cell_fn(cell, store_uri, attempt) or {}
         except Exception as error:
@@ -191,7 +191,7 @@ def execute_cell(
             )
             raise
     wall = time.perf_counter() - started
-    store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall)
+    store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall, **placement)
     return summary | {
         "tokens": int(result.get("tokens", 0) or 0),
         "tokens_per_s": float(result.get("tokens_per_s", 0.0) or 0.0),
@@ -200,8 +200,8 @@ def execute_cell(
 
 
 def _placement() -> dict[str, str]:
-    """The Ray node this task runs on (`node_id`, `node_ip`), for the `running` event; empty
-    outside Ray."""
+    """The Ray node this task runs on (`node_id`, `node_ip`), for the `running` and `done` events
+    (so `status --json` shows where a cell ran, and finished); empty outside Ray."""
     import ray
 
     if not ray.is_initialized():

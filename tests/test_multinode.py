@@ -2,16 +2,26 @@
 
 The head has no CPUs, so every cell runs on one of two one-CPU worker nodes; removing one while its
 cell trains makes Ray rerun the cell on the other, where it resumes from its checkpoint. The loss
-view must still hold exactly one row per (cell, step).
+view must still hold exactly one row per (cell, step). Twice: nodes of `ray.cluster_utils` in this
+process, and separate `ray start` processes whose raylet is SIGKILLed.
 """
 
 import contextlib
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,9 +97,30 @@ def test_sweep_finishes_on_the_surviving_node_without_duplicate_loss_rows(cluste
 
 
 # ---- a cluster of separate `ray start` processes ------------------------------------------------
-def _ray_start(*args: str, env: dict, temp_dir: str) -> subprocess.Popen:
-    """`ray start --block ...` as its own process session (so every process it spawns can be
-    found by session and stopped by pid)."""
+# The head's GCS probes each raylet every second instead of every 3 s (Ray's default), so a killed
+# raylet (its port refuses at once) is declared dead after 5 failed probes, ~5 s instead of ~15 s,
+# while a slow but live one still has 5 probes of up to 10 s each (Ray's default probe timeout).
+# Real clusters keep Ray's defaults.
+FAST_DEATH_NOTICE = {"RAY_health_check_period_ms": "1000"}
+
+
+@dataclass(frozen=True)
+class RayProcesses:
+    """A head (no CPUs) and two one-CPU worker nodes, each a `ray start --block` process."""
+
+    address: str  # the GCS, for `compscale submit --address`
+    dashboard: str  # http://127.0.0.1:PORT, for `ray job submit`
+    client: str  # ray://127.0.0.1:PORT, Ray Client
+    env: dict[str, str]  # what every node was started with (the auth token among it)
+    node_ids: dict[str, str]  # custom resource (node_a, node_b) -> Ray node id
+    node_ips: dict[str, str]  # Ray node id -> the IP Ray registered the node at (see below)
+    processes: dict[str, subprocess.Popen]  # head, node_a, node_b
+    temp_dirs: dict[str, Path]
+
+
+def _ray_start(*args: str, env: dict, temp_dir: Path) -> subprocess.Popen:
+    """`ray start --block ...` on 127.0.0.1 as its own process session (so every process it spawns
+    can be found by session and stopped by pid)."""
     ray = str(Path(sys.executable).parent / "ray")
     command = [ray, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     command += [f"--temp-dir={temp_dir}", *args]
@@ -113,52 +144,99 @@ def _session_pids(session_id: int, name: str) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def ray_processes(tmp_path):
-    """A head (no CPUs) and two one-CPU worker nodes with resources `node_a` / `node_b`, each a
-    `ray start --block` process of its own on 127.0.0.1, in a temp dir of their own."""
-    import shutil
-    import tempfile
-    import uuid
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
-    from test_cli import environment, free_port, kill_session
 
-    port, dashboard = free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp")
-    env = environment(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
-    head = _ray_start(
-        "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        "--num-cpus=0", env=env, temp_dir=temp_dir,
-    )  # fmt: skip
-    processes = [head]
+def _alive_nodes(dashboard: str, token: str) -> list[dict]:
+    """The alive nodes, with their resources, from Ray's state API (what `ray list nodes` reads);
+    none while the dashboard is not up yet."""
+    request = urllib.request.Request(
+        f"{dashboard}/api/v0/nodes?detail=true", headers={"Authorization": f"Bearer {token}"}
+    )
     try:
-        import socket
+        with urllib.request.urlopen(request, timeout=10) as response:
+            nodes = json.load(response)["data"]["result"]["result"]
+    except urllib.error.HTTPError:  # 401 (a wrong token) is no start-up delay
+        raise
+    except OSError:  # refused, or timed out on a loaded machine
+        return []
+    return [node for node in nodes if node["state"] == "ALIVE"]
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", dashboard)) == 0:
-                    break
-            time.sleep(0.5)
+
+@contextlib.contextmanager
+def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
+    """Start the head, wait for its GCS, start both worker nodes and wait until all three are
+    alive, so a sweep sees the whole cluster; stop every process by pid afterwards.
+
+    `--node-ip-address=127.0.0.1` does not keep a node on loopback: `ray start` on Linux swaps it
+    for the machine's routable address (`ray._private.services.resolve_ip_for_localhost`), and
+    the switch that stops it (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) makes it refuse worker nodes;
+    the nodes report that address (`node_ips`). The GCS is dialled, and the dashboard listens, on
+    127.0.0.1.
+
+    Each node has a temp dir of its own, as on separate machines: nodes sharing one also share its
+    socket folder, where each picks the first free name (`raylet.1`) before its raylet binds it,
+    so two nodes started together can pick the same one and one raylet dies at start ("bind:
+    Address already in use"); losing the other node then leaves no CPU, and the sweep waits.
+    """
+    from test_cli import free_port, kill_session
+
+    port, dashboard_port, client_port = free_port(), free_port(), free_port()
+    root = Path(tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp"))  # short: socket paths are limited
+    temp_dirs = {name: root / name for name in ("head", "node_a", "node_b")}
+    processes = {}
+    try:
+        processes["head"] = _ray_start(
+            "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
+            "--num-cpus=0", env=env | FAST_DEATH_NOTICE, temp_dir=temp_dirs["head"],
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not _listens(port):
+            assert processes["head"].poll() is None, "`ray start --head` exited"
+            assert time.monotonic() < deadline, "the head's GCS did not listen within 120 s"
+            time.sleep(0.2)
         for name in ("node_a", "node_b"):
-            processes.append(
-                _ray_start(
-                    f"--address=127.0.0.1:{port}",
-                    "--num-cpus=1",
-                    f'--resources={{"{name}": 1}}',
-                    env=env,
-                    temp_dir=temp_dir,
-                )
-            )
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env, processes
+            processes[name] = _ray_start(
+                f"--address=127.0.0.1:{port}", "--num-cpus=1", f'--resources={{"{name}": 1}}',
+                env=env, temp_dir=temp_dirs[name],
+            )  # fmt: skip
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        while len(nodes := _alive_nodes(dashboard, env["RAY_AUTH_TOKEN"])) < 3:
+            exited = [name for name, process in processes.items() if process.poll() is not None]
+            assert not exited, f"`ray start` of {exited} exited (logs: {root}/*/session_latest)"
+            assert time.monotonic() < deadline, f"{len(nodes)} of 3 nodes alive after 120 s"
+            time.sleep(0.5)
+        node_ids = {
+            name: next(node["node_id"] for node in nodes if name in node["resources_total"])
+            for name in ("node_a", "node_b")
+        }
+        node_ips = {node["node_id"]: node["node_ip"] for node in nodes}
+        yield RayProcesses(
+            f"127.0.0.1:{port}", dashboard, f"ray://127.0.0.1:{client_port}", env, node_ids,
+            node_ips, processes, temp_dirs,
+        )  # fmt: skip
     finally:
-        for process in reversed(processes):
+        for process in reversed(processes.values()):
             process.terminate()
-        for process in reversed(processes):
+        for process in reversed(processes.values()):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=20)
             kill_session(process.pid)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_processes() -> Iterator[RayProcesses]:
+    """The cluster, its nodes started with this checkout on the path and a token of their own."""
+    from test_cli import environment
+
+    with ray_start_processes(
+        environment(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    ) as cluster:
+        yield cluster
 
 
 DOUBLE_SPEC = """
@@ -173,39 +251,39 @@ max_in_flight: 2
 """
 
 
-@pytest.mark.skip(
-    reason="not yet reliable: of two runs on a loaded 2-core machine one passed the kill (all "
-    "cells done) and one left the driver waiting past 240 s after the raylet was killed"
-)
 def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_processes, tmp_path):
-    from test_cli import COMPSCALE, DOUBLE, compscale, ray_job_submit
+    from test_cli import COMPSCALE, DOUBLE, compscale, kill_session
 
-    address, dashboard, env, processes = ray_processes
-    control = tmp_path / "double"
-    control.mkdir()
-    (control / "sleep_s").write_text("3")
-    env = env | {"COMPSCALE_DOUBLE_DIR": str(control)}
+    cluster = ray_processes
+    node_a, node_b = cluster.node_ids["node_a"], cluster.node_ids["node_b"]
+    (tmp_path / "double").mkdir()
+    (tmp_path / "double" / "sleep_s").write_text("4")  # long enough to be caught running
     spec = tmp_path / "nodes.yaml"
     spec.write_text(DOUBLE_SPEC.format(name="nodes", seed=0))
     store = Store(tmp_path / "store")
-    command = [COMPSCALE, "submit", str(spec), "--address", address, "--store", str(store.root)]
-    command += [*DOUBLE, "--heartbeat-s", "0.5", "--lease-s", "5"]
+    command = [COMPSCALE, "submit", str(spec), "--address", cluster.address]
+    command += ["--store", str(store.root), *DOUBLE, "--heartbeat-s", "0.5", "--lease-s", "5"]
     driver = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        command, cwd=tmp_path, env=cluster.env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not any(
-        store.status(c).state == "running" for c in store.cell_ids()
-    ):  # a cell trains on each node, or soon will
-        assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
-        time.sleep(0.3)
-    (raylet,) = _session_pids(processes[1].pid, "raylet")
-    os.kill(raylet, 9)  # node_a's raylet: its cells die with it
-    output, _ = driver.communicate(timeout=240)
+    try:
+        deadline, victim = time.monotonic() + 90, None
+        while victim is None:  # a cell trains on node_a: the node to lose
+            assert driver.poll() is None, driver.stdout.read()
+            assert time.monotonic() < deadline, "no cell started on node_a"
+            time.sleep(0.2)
+            for cell_id in store.cell_ids():
+                status = store.status(cell_id)
+                if status.state == "running" and status.event.get("node_id") == node_a:
+                    victim = cell_id
+        (raylet,) = _session_pids(cluster.processes["node_a"].pid, "raylet")
+        os.kill(raylet, signal.SIGKILL)  # its worker processes exit with it
+        output, _ = driver.communicate(timeout=150)
+    finally:
+        kill_session(driver.pid)
     assert driver.returncode == 0, output
-    # the workers may still be joining when the driver connects: 1 to 3 nodes
-    assert re.search(r"on Ray cluster at 127\.0\.0\.1:\d+: [123] nodes, [0-2] CPUs, 0 GPUs", output)
+    assert re.search(r"on Ray cluster at 127\.0\.0\.1:\d+: 3 nodes, 2 CPUs, 0 GPUs", output)
     cells = store.manifest("nodes")
     assert {store.status(c).state for c in cells} == {"done"}
     duplicated = store.query(
@@ -213,29 +291,20 @@ def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_p
     )
     assert duplicated.fetchall() == [(0,)]
     assert store.query("select count(*) from losses").fetchall() == [(8 * len(cells),)]
-    status = compscale("status", "nodes", "--json", "--store", str(store.root), cwd=tmp_path)
-    rows = [json.loads(line) for line in status.stdout.splitlines()]
-    nodes = set()
-    for cell_id in cells:  # every attempt's placement is on record
-        for path in store.events(cell_id):
-            if path.endswith("-running.json"):
-                event = store.read_json(path)
-                assert event["node_id"] and event["node_ip"] == "127.0.0.1"
-                nodes.add(event["node_id"])
-    assert len(nodes) == 2, "cells ran on both worker nodes"
-    assert all(row["state"] == "done" for row in rows)
 
-    # The same through `ray job submit --working-dir .` (uploads this checkout, small by .rayignore)
-    (control / "sleep_s").write_text("0.2")
-    spec.write_text(DOUBLE_SPEC.format(name="job", seed=1))
-    job = ray_job_submit(
-        [
-            str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard,
-            "--working-dir", str(REPO), "--", "env", "PYTHONPATH=.:tests",
-            f"COMPSCALE_DOUBLE_DIR={control}", COMPSCALE, "submit", str(spec),
-            "--store", str(store.root), *DOUBLE,
-        ],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert job.returncode == 0, job.stdout + job.stderr
-    assert {store.status(c).state for c in store.manifest("job")} == {"done"}
+    placements = {}  # cell -> [(attempt, node id)], from its running events
+    for cell_id in cells:
+        events = [store.read_json(path) for path in store.events(cell_id)]
+        running = [event for event in events if event["state"] == "running"]
+        assert all(event["node_ip"] == cluster.node_ips[event["node_id"]] for event in running)
+        placements[cell_id] = [(event["attempt"], event["node_id"]) for event in running]
+        if cell_id == victim:
+            deaths = [event for event in events if event.get("error_class") == "WorkerDied"]
+            assert [event["attempt"] for event in deaths] == [1], events
+    assert placements[victim] == [(1, node_a), (2, node_b)], placements
+    assert {node for runs in placements.values() for _, node in runs} == {node_a, node_b}
+    status = compscale("status", "nodes", "--json", "--store", str(store.root), cwd=tmp_path)
+    rows = {row["cell_id"]: row for row in map(json.loads, status.stdout.splitlines())}
+    assert {cell_id: (row["state"], row["node_id"]) for cell_id, row in rows.items()} == {
+        cell_id: ("done", runs[-1][1]) for cell_id, runs in placements.items()
+    }  # where each cell finished
