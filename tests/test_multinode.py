@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -104,26 +105,57 @@ def test_sweep_finishes_on_the_surviving_node_without_duplicate_loss_rows(cluste
 FAST_DEATH_NOTICE = {"RAY_health_check_period_ms": "1000"}
 
 
+def readme_cluster_lines() -> list[str]:
+    """The shell lines of the README's cluster section but the image build: starting a cluster by
+    hand (`export` of the token, `ray start` head and worker), then running a sweep on it; their
+    trailing comments dropped."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    lines = [re.sub(r"\s+# .*$", "", line) for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.split()[0] in ("export", "ray", "compscale")]
+
+
+def substitute(line: str, values: dict[str, str]) -> str:
+    """`line` with each placeholder of `values` replaced; one left over is an error, so a README
+    change the tests do not follow fails here."""
+    for placeholder, value in values.items():
+        line = line.replace(placeholder, value)
+    assert not re.search(r"HEAD|BUCKET|SECRET|paper-quant", line), line
+    return line
+
+
+def exported(line: str) -> dict[str, str]:
+    """The variables an `export A=1 B=2` line sets."""
+    words = shlex.split(line)
+    assert words[0] == "export", line
+    return dict(word.split("=", 1) for word in words[1:])
+
+
 @dataclass(frozen=True)
 class RayProcesses:
     """A head (no CPUs) and two one-CPU worker nodes, each a `ray start --block` process."""
 
     address: str  # the GCS, for `compscale submit --address`
     dashboard: str  # http://127.0.0.1:PORT, for `ray job submit`
-    client: str  # ray://127.0.0.1:PORT, Ray Client
     env: dict[str, str]  # what every node was started with (the auth token among it)
     node_ids: dict[str, str]  # custom resource (node_a, node_b) -> Ray node id
     node_ips: dict[str, str]  # Ray node id -> the IP Ray registered the node at (see below)
     processes: dict[str, subprocess.Popen]  # head, node_a, node_b
     temp_dirs: dict[str, Path]
+    placeholders: dict[str, str]  # the README's HEAD addresses and SECRET -> this cluster's
+
+    def logs(self, node: str, name: str) -> str:
+        """A log file of a node's Ray session, e.g. ("head", "dashboard_JobHead.log")."""
+        return (self.temp_dirs[node] / "session_latest" / "logs" / name).read_text()
 
 
-def _ray_start(*args: str, env: dict, temp_dir: Path) -> subprocess.Popen:
-    """`ray start --block ...` on 127.0.0.1 as its own process session (so every process it spawns
-    can be found by session and stopped by pid)."""
-    ray = str(Path(sys.executable).parent / "ray")
-    command = [ray, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    command += [f"--temp-dir={temp_dir}", *args]
+def _ray_start(line: str, *extra: str, env: dict, temp_dir: Path) -> subprocess.Popen:
+    """A README `ray start` line plus what a test needs (`--block`: the process is the node, and
+    stopping it stops the node; a temp dir; no usage report), as its own process session (so
+    every process it spawns can be found by session and stopped by pid)."""
+    command = [*shlex.split(line), "--block", "--node-ip-address=127.0.0.1"]
+    command += ["--disable-usage-stats", f"--temp-dir={temp_dir}", *extra]
     return subprocess.Popen(
         command, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -167,31 +199,48 @@ def _alive_nodes(dashboard: str, token: str) -> list[dict]:
 
 @contextlib.contextmanager
 def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
-    """Start the head, wait for its GCS, start both worker nodes and wait until all three are
-    alive, so a sweep sees the whole cluster; stop every process by pid afterwards.
+    """The README's `ray start` lines on this machine: the head, then (once its GCS listens) both
+    worker nodes with one CPU and a resource of their own each; it returns once all three are
+    alive, so a sweep sees the whole cluster. Every process is stopped by pid afterwards.
 
+    Ports are free ones, each node's own, as on separate machines: with Ray's fixed default for
+    the dashboard agent (52365) the first agent to start takes it, the others fail to bind, and if
+    the head's is one of them no job can be submitted ("No available agent to submit job", for as
+    long as the cluster runs). The head's dashboard listens on 127.0.0.1, not 0.0.0.0. Still,
     `--node-ip-address=127.0.0.1` does not keep a node on loopback: `ray start` on Linux swaps it
     for the machine's routable address (`ray._private.services.resolve_ip_for_localhost`), and
     the switch that stops it (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) makes it refuse worker nodes;
-    the nodes report that address (`node_ips`). The GCS is dialled, and the dashboard listens, on
-    127.0.0.1.
+    the nodes report that address (`node_ips`).
 
     Each node has a temp dir of its own, as on separate machines: nodes sharing one also share its
     socket folder, where each picks the first free name (`raylet.1`) before its raylet binds it,
     so two nodes started together can pick the same one and one raylet dies at start ("bind:
     Address already in use"); losing the other node then leaves no CPU, and the sweep waits.
     """
-    from test_cli import free_port, kill_session
+    from test_cli import environment, free_port, kill_session
 
-    port, dashboard_port, client_port = free_port(), free_port(), free_port()
+    auth, head_line, worker_line = readme_cluster_lines()[:3]
     root = Path(tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp"))  # short: socket paths are limited
     temp_dirs = {name: root / name for name in ("head", "node_a", "node_b")}
+    port, dashboard_port, client_port = free_port(), free_port(), free_port()
+    agent_port = {name: f"--dashboard-agent-listen-port={free_port()}" for name in temp_dirs}
+    placeholders = {
+        "ray://HEAD:10001": f"ray://127.0.0.1:{client_port}",
+        "HEAD:8265": f"127.0.0.1:{dashboard_port}",
+        "HEAD:6379": f"127.0.0.1:{port}",
+        "--port=6379": f"--port={port}",
+        "--dashboard-host=0.0.0.0": "--dashboard-host=127.0.0.1",
+        "SECRET": uuid.uuid4().hex,
+    }
+    # as on a machine set up by scripts/setup.sh: `ray` and `compscale` on the PATH
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = environment(PATH=path) | exported(substitute(auth, placeholders)) | env
     processes = {}
     try:
         processes["head"] = _ray_start(
-            "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
-            "--num-cpus=0", env=env | FAST_DEATH_NOTICE, temp_dir=temp_dirs["head"],
+            substitute(head_line, placeholders), f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={client_port}", agent_port["head"],
+            env=env | FAST_DEATH_NOTICE, temp_dir=temp_dirs["head"],
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while not _listens(port):
@@ -200,8 +249,9 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
             time.sleep(0.2)
         for name in ("node_a", "node_b"):
             processes[name] = _ray_start(
-                f"--address=127.0.0.1:{port}", "--num-cpus=1", f'--resources={{"{name}": 1}}',
-                env=env, temp_dir=temp_dirs[name],
+                substitute(worker_line, placeholders), "--num-cpus=1",
+                f'--resources={{"{name}": 1}}', agent_port[name], env=env,
+                temp_dir=temp_dirs[name],
             )  # fmt: skip
         dashboard = f"http://127.0.0.1:{dashboard_port}"
         while len(nodes := _alive_nodes(dashboard, env["RAY_AUTH_TOKEN"])) < 3:
@@ -215,8 +265,8 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
         }
         node_ips = {node["node_id"]: node["node_ip"] for node in nodes}
         yield RayProcesses(
-            f"127.0.0.1:{port}", dashboard, f"ray://127.0.0.1:{client_port}", env, node_ids,
-            node_ips, processes, temp_dirs,
+            f"127.0.0.1:{port}", dashboard, env, node_ids, node_ips, processes, temp_dirs,
+            placeholders,
         )  # fmt: skip
     finally:
         for process in reversed(processes.values()):
@@ -230,12 +280,7 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
 
 @pytest.fixture
 def ray_processes() -> Iterator[RayProcesses]:
-    """The cluster, its nodes started with this checkout on the path and a token of their own."""
-    from test_cli import environment
-
-    with ray_start_processes(
-        environment(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
-    ) as cluster:
+    with ray_start_processes({}) as cluster:
         yield cluster
 
 
@@ -308,3 +353,79 @@ def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_p
     assert {cell_id: (row["state"], row["node_id"]) for cell_id, row in rows.items()} == {
         cell_id: ("done", runs[-1][1]) for cell_id, runs in placements.items()
     }  # where each cell finished
+
+
+def test_the_readme_cluster_commands_run_a_sweep_into_s3_and_rerun_its_failed_cell(tmp_path):
+    """The README's second cluster block, line by line, from this checkout (`--working-dir .`):
+    placeholders filled in, `sweeps/smoke.yaml` for the paper sweep, the stand-in cell function,
+    whose one failing cell is fixed between `query` and `rerun --failed`."""
+    from s3 import moto_s3, unique_prefix
+    from test_cli import DOUBLE, ray_job_submit
+
+    from orchestrator.cells import expand
+    from orchestrator.spec import load_spec
+
+    cell_ids = [cell.cell_id for cell in expand(load_spec(str(REPO / "sweeps" / "smoke.yaml")))]
+    control = tmp_path / "double"
+    (control / "fail").mkdir(parents=True)
+    (control / "fail" / cell_ids[0]).touch()  # fails every time, until the file is gone
+    with (
+        moto_s3() as s3,
+        ray_start_processes(s3 | {"COMPSCALE_DOUBLE_DIR": str(control)}) as cluster,
+    ):
+        uri = f"s3://{s3['COMPSCALE_TEST_BUCKET']}/{unique_prefix()}"
+        values = cluster.placeholders | {
+            "s3://BUCKET/compscale": uri,
+            "sweeps/paper-quant.yaml": " ".join(["sweeps/smoke.yaml", *DOUBLE]),
+            "paper-quant --failed": " ".join(["smoke --failed", *DOUBLE]),
+            "paper-quant": "smoke",
+        }
+        exports, job, status, query, rerun, report = (
+            substitute(line, values) for line in readme_cluster_lines()[3:]
+        )
+        env = cluster.env | exported(exports)
+
+        def shell(line: str) -> subprocess.CompletedProcess:
+            """A README line as typed in the checkout (`--working-dir .`)."""
+            return subprocess.run(
+                ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True,
+                timeout=240,
+            )  # fmt: skip
+
+        submitted = ray_job_submit(
+            ["bash", "-c", job], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+        )
+        output = submitted.stdout + submitted.stderr
+        assert submitted.returncode != 0, output  # the sweep ended with a failed cell
+        assert "on Ray cluster at" in output and "done 23, failed 1 of 24" in output, output
+        # The upload: its size as the head logged it on receipt, its files as the job got them.
+        package = re.search(r"Uploading package gcs://(_ray_pkg_\w+)\.zip", output).group(1)
+        received = cluster.logs("head", "dashboard_JobHead.log")
+        pushed = re.search(
+            rf"Pushing file package 'gcs://{package}\.zip' \(([\d.]+)MiB\)", received
+        )
+        assert float(pushed.group(1)) < 4, f"the --working-dir upload is {pushed.group(1)} MiB"
+        session = cluster.temp_dirs["head"] / "session_latest"
+        job_dir = session / "runtime_resources" / "working_dir_files" / package
+        assert (job_dir / "orchestrator" / "driver.py").exists()
+        assert (job_dir / "workers" / "corpus").is_dir() and (job_dir / "sweeps").is_dir()
+        assert not [name for name in (".git", "docs", "benchmarks") if (job_dir / name).exists()]
+
+        listed = shell(status)
+        assert listed.returncode == 0 and listed.stdout.strip().endswith("done 23, failed 1")
+        # the failed cell's traceback: a worker node ran the uploaded code
+        assert f"working_dir_files/{package}/orchestrator/driver.py" in listed.stdout
+        table = shell(query)
+        assert table.returncode == 0, table.stderr
+        assert sum(cell_id in table.stdout for cell_id in cell_ids) == 23, table.stdout
+        (control / "fail" / cell_ids[0]).unlink()  # the cause is fixed
+        rerun_run = shell(rerun)
+        assert rerun_run.returncode == 0, rerun_run.stdout + rerun_run.stderr
+        assert "on Ray cluster at" in rerun_run.stdout, rerun_run.stdout  # through Ray Client
+        assert f"done {cell_ids[0]}" in rerun_run.stdout, rerun_run.stdout
+        reported = shell(report)
+        assert reported.returncode == 0, reported.stdout + reported.stderr
+        assert f"report: {uri}/sweeps/smoke/report/report.html" in reported.stdout
+        rows = [json.loads(line) for line in shell(f"{status} --json").stdout.splitlines()]
+    assert {row["cell_id"]: row["state"] for row in rows} == dict.fromkeys(cell_ids, "done")
+    assert {row["node_id"] for row in rows} == set(cluster.node_ids.values())
