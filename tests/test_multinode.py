@@ -137,7 +137,6 @@ class RayProcesses:
     """A head (no CPUs) and two one-CPU worker nodes, each a `ray start --block` process."""
 
     address: str  # the GCS, for `compscale submit --address`
-    dashboard: str  # http://127.0.0.1:PORT, for `ray job submit`
     env: dict[str, str]  # what every node was started with (the auth token among it)
     node_ids: dict[str, str]  # custom resource (node_a, node_b) -> Ray node id
     node_ips: dict[str, str]  # Ray node id -> the IP Ray registered the node at (see below)
@@ -201,7 +200,8 @@ def _alive_nodes(dashboard: str, token: str) -> list[dict]:
 def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
     """The README's `ray start` lines on this machine: the head, then (once its GCS listens) both
     worker nodes with one CPU and a resource of their own each; it returns once all three are
-    alive, so a sweep sees the whole cluster. Every process is stopped by pid afterwards.
+    alive, so a sweep sees the whole cluster. Every process is stopped by pid afterwards. `env`
+    goes to every node on top of the README's token (the store's credentials, as on a cluster).
 
     Ports are free ones, each node's own, as on separate machines: with Ray's fixed default for
     the dashboard agent (52365) the first agent to start takes it, the others fail to bind, and if
@@ -265,8 +265,7 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
         }
         node_ips = {node["node_id"]: node["node_ip"] for node in nodes}
         yield RayProcesses(
-            f"127.0.0.1:{port}", dashboard, env, node_ids, node_ips, processes, temp_dirs,
-            placeholders,
+            f"127.0.0.1:{port}", env, node_ids, node_ips, processes, temp_dirs, placeholders,
         )  # fmt: skip
     finally:
         for process in reversed(processes.values()):
