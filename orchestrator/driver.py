@@ -166,10 +166,10 @@ def execute_cell(
         if store.status(cell_id).state != "done":  # a later `pending` hides that it finished
             store.record(cell_id, "done", attempt, message=f"attempt {attempt} finished it")
         return summary
-    started = time.perf_counter()
+    started, node = time.perf_counter(), placement()
     branch = {"trunk_id": trunk, "fork_step": fork_step(cell)} if trunk else {}
     with heartbeat_lease(store, cell_id, attempt, host, pid, heartbeat_s):
-        store.record(cell_id, "running", attempt, host=host, pid=pid, **placement(), **branch)
+        store.record(cell_id, "running", attempt, host=host, pid=pid, **node, **branch)
         try:
             options = {"ladder": Ladder(trunk)} if trunk else {}
             result = cell_fn(cell, store_uri, attempt, **options) or {}
@@ -200,7 +200,7 @@ def execute_cell(
             )
             raise
     wall = time.perf_counter() - started
-    store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall)
+    store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall, **node)
     return summary | {
         "tokens": int(result.get("tokens", 0) or 0),
         "tokens_per_s": float(result.get("tokens_per_s", 0.0) or 0.0),
@@ -209,8 +209,8 @@ def execute_cell(
 
 
 def placement() -> dict[str, str]:
-    """The Ray node this task runs on (`node_id`, `node_ip`), for the `running` event; empty
-    outside Ray."""
+    """The Ray node this task runs on (`node_id`, `node_ip`), for the `running` and `done` events
+    (so `status --json` shows where a cell ran, and finished); empty outside Ray."""
     import ray
 
     if not ray.is_initialized():

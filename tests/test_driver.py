@@ -146,6 +146,27 @@ def test_a_cell_running_under_a_live_lease_is_waited_for_then_run_once_the_lease
     ]
 
 
+def test_the_running_and_done_events_name_the_ray_node_of_the_attempt(ray_local, tmp_path):
+    import ray
+
+    store = Store(tmp_path / "store")
+    spec = parse_spec(SPEC)
+    cell = expand(spec)[0]
+    counts = drive(
+        spec.name,
+        plan([cell], store),
+        store,
+        resources=spec.resources,
+        retries=0,
+        cell_fn=doubles.run_cell,
+    )
+    assert counts["done"] == 1
+    node = (ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
+    events = {event["state"]: event for event in map(store.read_json, store.events(cell.cell_id))}
+    for state in ("running", "done"):  # `done` too: what `status --json` shows of a done cell
+        assert (events[state]["node_id"], events[state]["node_ip"]) == node
+
+
 @pytest.mark.slow
 def test_a_cell_of_world_size_two_runs_ddp_in_two_ray_train_workers(ray_local, tmp_path):
     store = Store(tmp_path / "store")

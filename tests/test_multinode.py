@@ -2,16 +2,27 @@
 
 The head has no CPUs, so every cell runs on one of two one-CPU worker nodes; removing one while its
 cell trains makes Ray rerun the cell on the other, where it resumes from its checkpoint. The loss
-view must still hold exactly one row per (cell, step).
+view must still hold exactly one row per (cell, step). Twice: nodes of `ray.cluster_utils` in this
+process, and separate `ray start` processes whose raylet is SIGKILLed.
 """
 
 import contextlib
 import json
 import os
 import re
+import shlex
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,12 +98,63 @@ def test_sweep_finishes_on_the_surviving_node_without_duplicate_loss_rows(cluste
 
 
 # ---- a cluster of separate `ray start` processes ------------------------------------------------
-def _ray_start(*args: str, env: dict, temp_dir: str) -> subprocess.Popen:
-    """`ray start --block ...` as its own process session (so every process it spawns can be
-    found by session and stopped by pid)."""
-    ray = str(Path(sys.executable).parent / "ray")
-    command = [ray, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    command += [f"--temp-dir={temp_dir}", *args]
+# The head's GCS probes each raylet every second instead of every 3 s (Ray's default), so a killed
+# raylet (its port refuses at once) is declared dead after 5 failed probes, ~5 s instead of ~15 s,
+# while a slow but live one still has 5 probes of up to 10 s each (Ray's default probe timeout).
+# Real clusters keep Ray's defaults.
+FAST_DEATH_NOTICE = {"RAY_health_check_period_ms": "1000"}
+
+
+def readme_cluster_lines() -> list[str]:
+    """The shell lines of the README's cluster section but the image build: starting a cluster by
+    hand (`export` of the token, `ray start` head and worker), then running a sweep on it; their
+    trailing comments dropped."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+    lines = [re.sub(r"\s+# .*$", "", line) for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.split()[0] in ("export", "ray", "compscale")]
+
+
+def substitute(line: str, values: dict[str, str]) -> str:
+    """`line` with each placeholder of `values` replaced; one left over is an error, so a README
+    change the tests do not follow fails here."""
+    for placeholder, value in values.items():
+        line = line.replace(placeholder, value)
+    assert not re.search(r"HEAD|BUCKET|SECRET|paper-quant", line), line
+    return line
+
+
+def exported(line: str) -> dict[str, str]:
+    """The variables an `export A=1 B=2` line sets."""
+    words = shlex.split(line)
+    assert words[0] == "export", line
+    return dict(word.split("=", 1) for word in words[1:])
+
+
+@dataclass(frozen=True)
+class RayProcesses:
+    """A head (no CPUs) and two one-CPU worker nodes, each a `ray start --block` process."""
+
+    address: str  # the GCS, for `compscale submit --address`
+    env: dict[str, str]  # what every node was started with (the auth token among it)
+    node_ids: dict[str, str]  # custom resource (node_a, node_b) -> Ray node id
+    node_ips: dict[str, str]  # Ray node id -> the IP Ray registered the node at (see below)
+    processes: dict[str, subprocess.Popen]  # head, node_a, node_b
+    temp_dirs: dict[str, Path]
+    placeholders: dict[str, str]  # the README's HEAD addresses and SECRET -> this cluster's
+
+    def logs(self, node: str, name: str) -> str:
+        """A log file of a node's Ray session, e.g. ("head", "dashboard_JobHead.log")."""
+        return (self.temp_dirs[node] / "session_latest" / "logs" / name).read_text()
+
+
+def _ray_start(line: str, *extra: str, env: dict, temp_dir: Path) -> subprocess.Popen:
+    """A README `ray start` line plus what a test needs (`--block`: the process is the node, and
+    stopping it stops the node; a temp dir; no usage report), as its own process session (so
+    every process it spawns can be found by session and stopped by pid)."""
+    command = [*shlex.split(line), "--block", "--node-ip-address=127.0.0.1"]
+    command += ["--disable-usage-stats", f"--temp-dir={temp_dir}", *extra]
     return subprocess.Popen(
         command, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -113,52 +175,112 @@ def _session_pids(session_id: int, name: str) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def ray_processes(tmp_path):
-    """A head (no CPUs) and two one-CPU worker nodes with resources `node_a` / `node_b`, each a
-    `ray start --block` process of its own on 127.0.0.1, in a temp dir of their own."""
-    import shutil
-    import tempfile
-    import uuid
+def _listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
+
+def _alive_nodes(dashboard: str, token: str) -> list[dict]:
+    """The alive nodes, with their resources, from Ray's state API (what `ray list nodes` reads);
+    none while the dashboard is not up yet."""
+    request = urllib.request.Request(
+        f"{dashboard}/api/v0/nodes?detail=true", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            nodes = json.load(response)["data"]["result"]["result"]
+    except urllib.error.HTTPError:  # 401 (a wrong token) is no start-up delay
+        raise
+    except OSError:  # refused, or timed out on a loaded machine
+        return []
+    return [node for node in nodes if node["state"] == "ALIVE"]
+
+
+@contextlib.contextmanager
+def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
+    """The README's `ray start` lines on this machine: the head, then (once its GCS listens) both
+    worker nodes with one CPU and a resource of their own each; it returns once all three are
+    alive, so a sweep sees the whole cluster. Every process is stopped by pid afterwards. `env`
+    goes to every node on top of the README's token (the store's credentials, as on a cluster).
+
+    Ports are free ones, each node's own, as on separate machines: with Ray's fixed default for
+    the dashboard agent (52365) the first agent to start takes it, the others fail to bind, and if
+    the head's is one of them no job can be submitted ("No available agent to submit job", for as
+    long as the cluster runs). The head's dashboard listens on 127.0.0.1, not 0.0.0.0. Still,
+    `--node-ip-address=127.0.0.1` does not keep a node on loopback: `ray start` on Linux swaps it
+    for the machine's routable address (`ray._private.services.resolve_ip_for_localhost`), and
+    the switch that stops it (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) makes it refuse worker nodes;
+    the nodes report that address (`node_ips`).
+
+    Each node has a temp dir of its own, as on separate machines: nodes sharing one also share its
+    socket folder, where each picks the first free name (`raylet.1`) before its raylet binds it,
+    so two nodes started together can pick the same one and one raylet dies at start ("bind:
+    Address already in use"); losing the other node then leaves no CPU, and the sweep waits.
+    """
     from test_cli import environment, free_port, kill_session
 
-    port, dashboard = free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp")
-    env = environment(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
-    head = _ray_start(
-        "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        "--num-cpus=0", env=env, temp_dir=temp_dir,
-    )  # fmt: skip
-    processes = [head]
+    auth, head_line, worker_line = readme_cluster_lines()[:3]
+    root = Path(tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp"))  # short: socket paths are limited
+    temp_dirs = {name: root / name for name in ("head", "node_a", "node_b")}
+    port, dashboard_port, client_port = free_port(), free_port(), free_port()
+    agent_port = {name: f"--dashboard-agent-listen-port={free_port()}" for name in temp_dirs}
+    placeholders = {
+        "ray://HEAD:10001": f"ray://127.0.0.1:{client_port}",
+        "HEAD:8265": f"127.0.0.1:{dashboard_port}",
+        "HEAD:6379": f"127.0.0.1:{port}",
+        "--port=6379": f"--port={port}",
+        "--dashboard-host=0.0.0.0": "--dashboard-host=127.0.0.1",
+        "SECRET": uuid.uuid4().hex,
+    }
+    # as on a machine set up by scripts/setup.sh: `ray` and `compscale` on the PATH
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = environment(PATH=path) | exported(substitute(auth, placeholders)) | env
+    processes = {}
     try:
-        import socket
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", dashboard)) == 0:
-                    break
-            time.sleep(0.5)
+        processes["head"] = _ray_start(
+            substitute(head_line, placeholders), f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={client_port}", agent_port["head"],
+            env=env | FAST_DEATH_NOTICE, temp_dir=temp_dirs["head"],
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not _listens(port):
+            assert processes["head"].poll() is None, "`ray start --head` exited"
+            assert time.monotonic() < deadline, "the head's GCS did not listen within 120 s"
+            time.sleep(0.2)
         for name in ("node_a", "node_b"):
-            processes.append(
-                _ray_start(
-                    f"--address=127.0.0.1:{port}",
-                    "--num-cpus=1",
-                    f'--resources={{"{name}": 1}}',
-                    env=env,
-                    temp_dir=temp_dir,
-                )
-            )
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env, processes
+            processes[name] = _ray_start(
+                substitute(worker_line, placeholders), "--num-cpus=1",
+                f'--resources={{"{name}": 1}}', agent_port[name], env=env,
+                temp_dir=temp_dirs[name],
+            )  # fmt: skip
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        while len(nodes := _alive_nodes(dashboard, env["RAY_AUTH_TOKEN"])) < 3:
+            exited = [name for name, process in processes.items() if process.poll() is not None]
+            assert not exited, f"`ray start` of {exited} exited (logs: {root}/*/session_latest)"
+            assert time.monotonic() < deadline, f"{len(nodes)} of 3 nodes alive after 120 s"
+            time.sleep(0.5)
+        node_ids = {
+            name: next(node["node_id"] for node in nodes if name in node["resources_total"])
+            for name in ("node_a", "node_b")
+        }
+        node_ips = {node["node_id"]: node["node_ip"] for node in nodes}
+        yield RayProcesses(
+            f"127.0.0.1:{port}", env, node_ids, node_ips, processes, temp_dirs, placeholders,
+        )  # fmt: skip
     finally:
-        for process in reversed(processes):
+        for process in reversed(processes.values()):
             process.terminate()
-        for process in reversed(processes):
+        for process in reversed(processes.values()):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=20)
             kill_session(process.pid)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_processes() -> Iterator[RayProcesses]:
+    with ray_start_processes({}) as cluster:
+        yield cluster
 
 
 DOUBLE_SPEC = """
@@ -173,39 +295,39 @@ max_in_flight: 2
 """
 
 
-@pytest.mark.skip(
-    reason="not yet reliable: of two runs on a loaded 2-core machine one passed the kill (all "
-    "cells done) and one left the driver waiting past 240 s after the raylet was killed"
-)
 def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_processes, tmp_path):
-    from test_cli import COMPSCALE, DOUBLE, compscale, ray_job_submit
+    from test_cli import COMPSCALE, DOUBLE, compscale, kill_session
 
-    address, dashboard, env, processes = ray_processes
-    control = tmp_path / "double"
-    control.mkdir()
-    (control / "sleep_s").write_text("3")
-    env = env | {"COMPSCALE_DOUBLE_DIR": str(control)}
+    cluster = ray_processes
+    node_a, node_b = cluster.node_ids["node_a"], cluster.node_ids["node_b"]
+    (tmp_path / "double").mkdir()
+    (tmp_path / "double" / "sleep_s").write_text("4")  # long enough to be caught running
     spec = tmp_path / "nodes.yaml"
     spec.write_text(DOUBLE_SPEC.format(name="nodes", seed=0))
     store = Store(tmp_path / "store")
-    command = [COMPSCALE, "submit", str(spec), "--address", address, "--store", str(store.root)]
-    command += [*DOUBLE, "--heartbeat-s", "0.5", "--lease-s", "5"]
+    command = [COMPSCALE, "submit", str(spec), "--address", cluster.address]
+    command += ["--store", str(store.root), *DOUBLE, "--heartbeat-s", "0.5", "--lease-s", "5"]
     driver = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        command, cwd=tmp_path, env=cluster.env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not any(
-        store.status(c).state == "running" for c in store.cell_ids()
-    ):  # a cell trains on each node, or soon will
-        assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
-        time.sleep(0.3)
-    (raylet,) = _session_pids(processes[1].pid, "raylet")
-    os.kill(raylet, 9)  # node_a's raylet: its cells die with it
-    output, _ = driver.communicate(timeout=240)
+    try:
+        deadline, victim = time.monotonic() + 90, None
+        while victim is None:  # a cell trains on node_a: the node to lose
+            assert driver.poll() is None, driver.stdout.read()
+            assert time.monotonic() < deadline, "no cell started on node_a"
+            time.sleep(0.2)
+            for cell_id in store.cell_ids():
+                status = store.status(cell_id)
+                if status.state == "running" and status.event.get("node_id") == node_a:
+                    victim = cell_id
+        (raylet,) = _session_pids(cluster.processes["node_a"].pid, "raylet")
+        os.kill(raylet, signal.SIGKILL)  # its worker processes exit with it
+        output, _ = driver.communicate(timeout=150)
+    finally:
+        kill_session(driver.pid)
     assert driver.returncode == 0, output
-    # the workers may still be joining when the driver connects: 1 to 3 nodes
-    assert re.search(r"on Ray cluster at 127\.0\.0\.1:\d+: [123] nodes, [0-2] CPUs, 0 GPUs", output)
+    assert re.search(r"on Ray cluster at 127\.0\.0\.1:\d+: 3 nodes, 2 CPUs, 0 GPUs", output)
     cells = store.manifest("nodes")
     assert {store.status(c).state for c in cells} == {"done"}
     duplicated = store.query(
@@ -213,29 +335,96 @@ def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_p
     )
     assert duplicated.fetchall() == [(0,)]
     assert store.query("select count(*) from losses").fetchall() == [(8 * len(cells),)]
-    status = compscale("status", "nodes", "--json", "--store", str(store.root), cwd=tmp_path)
-    rows = [json.loads(line) for line in status.stdout.splitlines()]
-    nodes = set()
-    for cell_id in cells:  # every attempt's placement is on record
-        for path in store.events(cell_id):
-            if path.endswith("-running.json"):
-                event = store.read_json(path)
-                assert event["node_id"] and event["node_ip"] == "127.0.0.1"
-                nodes.add(event["node_id"])
-    assert len(nodes) == 2, "cells ran on both worker nodes"
-    assert all(row["state"] == "done" for row in rows)
 
-    # The same through `ray job submit --working-dir .` (uploads this checkout, small by .rayignore)
-    (control / "sleep_s").write_text("0.2")
-    spec.write_text(DOUBLE_SPEC.format(name="job", seed=1))
-    job = ray_job_submit(
-        [
-            str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard,
-            "--working-dir", str(REPO), "--", "env", "PYTHONPATH=.:tests",
-            f"COMPSCALE_DOUBLE_DIR={control}", COMPSCALE, "submit", str(spec),
-            "--store", str(store.root), *DOUBLE,
-        ],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert job.returncode == 0, job.stdout + job.stderr
-    assert {store.status(c).state for c in store.manifest("job")} == {"done"}
+    placements = {}  # cell -> [(attempt, node id)], from its running events
+    for cell_id in cells:
+        events = [store.read_json(path) for path in store.events(cell_id)]
+        running = [event for event in events if event["state"] == "running"]
+        assert all(event["node_ip"] == cluster.node_ips[event["node_id"]] for event in running)
+        placements[cell_id] = [(event["attempt"], event["node_id"]) for event in running]
+        if cell_id == victim:
+            deaths = [event for event in events if event.get("error_class") == "WorkerDied"]
+            assert [event["attempt"] for event in deaths] == [1], events
+    assert placements[victim] == [(1, node_a), (2, node_b)], placements
+    assert {node for runs in placements.values() for _, node in runs} == {node_a, node_b}
+    status = compscale("status", "nodes", "--json", "--store", str(store.root), cwd=tmp_path)
+    rows = {row["cell_id"]: row for row in map(json.loads, status.stdout.splitlines())}
+    assert {cell_id: (row["state"], row["node_id"]) for cell_id, row in rows.items()} == {
+        cell_id: ("done", runs[-1][1]) for cell_id, runs in placements.items()
+    }  # where each cell finished
+
+
+def test_the_readme_cluster_commands_run_a_sweep_into_s3_and_rerun_its_failed_cell(tmp_path):
+    """The README's second cluster block, line by line, from this checkout (`--working-dir .`):
+    placeholders filled in, `sweeps/smoke.yaml` for the paper sweep, the stand-in cell function,
+    whose one failing cell is fixed between `query` and `rerun --failed`."""
+    from s3 import moto_s3, unique_prefix
+    from test_cli import DOUBLE, ray_job_submit
+
+    from orchestrator.cells import expand
+    from orchestrator.spec import load_spec
+
+    cell_ids = [cell.cell_id for cell in expand(load_spec(str(REPO / "sweeps" / "smoke.yaml")))]
+    control = tmp_path / "double"
+    (control / "fail").mkdir(parents=True)
+    (control / "fail" / cell_ids[0]).touch()  # fails every time, until the file is gone
+    with (
+        moto_s3() as s3,
+        ray_start_processes(s3 | {"COMPSCALE_DOUBLE_DIR": str(control)}) as cluster,
+    ):
+        uri = f"s3://{s3['COMPSCALE_TEST_BUCKET']}/{unique_prefix()}"
+        values = cluster.placeholders | {
+            "s3://BUCKET/compscale": uri,
+            "sweeps/paper-quant.yaml": " ".join(["sweeps/smoke.yaml", *DOUBLE]),
+            "paper-quant --failed": " ".join(["smoke --failed", *DOUBLE]),
+            "paper-quant": "smoke",
+        }
+        exports, job, status, query, rerun, report = (
+            substitute(line, values) for line in readme_cluster_lines()[3:]
+        )
+        env = cluster.env | exported(exports)
+
+        def shell(line: str) -> subprocess.CompletedProcess:
+            """A README line as typed in the checkout (`--working-dir .`)."""
+            return subprocess.run(
+                ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True,
+                timeout=240,
+            )  # fmt: skip
+
+        submitted = ray_job_submit(
+            ["bash", "-c", job], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+        )
+        output = submitted.stdout + submitted.stderr
+        assert submitted.returncode != 0, output  # the sweep ended with a failed cell
+        assert "on Ray cluster at" in output and "done 23, failed 1 of 24" in output, output
+        # The upload: its size as the head logged it on receipt, its files as the job got them.
+        package = re.search(r"Uploading package gcs://(_ray_pkg_\w+)\.zip", output).group(1)
+        received = cluster.logs("head", "dashboard_JobHead.log")
+        pushed = re.search(
+            rf"Pushing file package 'gcs://{package}\.zip' \(([\d.]+)MiB\)", received
+        )
+        assert float(pushed.group(1)) < 4, f"the --working-dir upload is {pushed.group(1)} MiB"
+        session = cluster.temp_dirs["head"] / "session_latest"
+        job_dir = session / "runtime_resources" / "working_dir_files" / package
+        assert (job_dir / "orchestrator" / "driver.py").exists()
+        assert (job_dir / "workers" / "corpus").is_dir() and (job_dir / "sweeps").is_dir()
+        assert not [name for name in (".git", "docs", "benchmarks") if (job_dir / name).exists()]
+
+        listed = shell(status)
+        assert listed.returncode == 0 and listed.stdout.strip().endswith("done 23, failed 1")
+        # the failed cell's traceback: a worker node ran the uploaded code
+        assert f"working_dir_files/{package}/orchestrator/driver.py" in listed.stdout
+        table = shell(query)
+        assert table.returncode == 0, table.stderr
+        assert sum(cell_id in table.stdout for cell_id in cell_ids) == 23, table.stdout
+        (control / "fail" / cell_ids[0]).unlink()  # the cause is fixed
+        rerun_run = shell(rerun)
+        assert rerun_run.returncode == 0, rerun_run.stdout + rerun_run.stderr
+        assert "on Ray cluster at" in rerun_run.stdout, rerun_run.stdout  # through Ray Client
+        assert f"done {cell_ids[0]}" in rerun_run.stdout, rerun_run.stdout
+        reported = shell(report)
+        assert reported.returncode == 0, reported.stdout + reported.stderr
+        assert f"report: {uri}/sweeps/smoke/report/report.html" in reported.stdout
+        rows = [json.loads(line) for line in shell(f"{status} --json").stdout.splitlines()]
+    assert {row["cell_id"]: row["state"] for row in rows} == dict.fromkeys(cell_ids, "done")
+    assert {row["node_id"] for row in rows} == set(cluster.node_ids.values())
