@@ -211,6 +211,7 @@ def ray_head(tmp_path):
             f"--port={port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={free_port()}",  # not 52365: another Ray may hold it
             "--num-cpus=2",
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
