@@ -48,6 +48,7 @@ CellFunction = Callable[[CellConfig, str, int], dict]
 HEARTBEAT_S = 10.0  # seconds between lease renewals of a running cell
 LEASE_S = 60.0  # a running cell whose heartbeat is older than this is dead
 CANCEL_POLL_S = 1.0  # seconds between checks for a cancel request
+PLACEABLE_POLL_S = 30.0  # seconds between checks that some node fits a cell, while cells run
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,25 @@ def auto_in_flight(cluster: dict[str, float], resources: Resources, planned: lis
     return max(2, int(2 * min(fits, default=cluster.get("CPU", 1))))
 
 
+def unplaceable(nodes: list[dict[str, Any]], resources: Resources) -> str | None:
+    """Why no cell can start, or None: no alive node (`ray.nodes()`) has the CPUs and GPUs that
+    one cell, or one worker of a DDP cell, asks for. Ray keeps such tasks pending without a word
+    until a node that fits joins (an autoscaler may add one), so the driver says it."""
+    need = {"CPU": resources.cpus, "GPU": resources.gpus}
+    need = {kind: amount for kind, amount in need.items() if amount > 0}
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
+    if any(all(total.get(kind, 0) >= amount for kind, amount in need.items()) for total in alive):
+        return None
+    wanted = " and ".join(f"{amount:g} {kind}" for kind, amount in need.items())
+    largest = ", ".join(
+        f"{max((total.get(kind, 0) for total in alive), default=0):g} {kind}" for kind in need
+    )
+    return (
+        f"no alive node of the Ray cluster ({len(alive)} nodes; at most {largest} on one) has "
+        f"the {wanted} one cell asks for (the spec's resources); its cells wait until one joins"
+    )
+
+
 @dataclass
 class _InFlight:
     cell: CellConfig
@@ -376,6 +396,7 @@ class Driver:
         self.waiting: dict[str, _InFlight] = {}
         self.in_flight: dict[Any, _InFlight] = {}
         self.counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self.unplaceable: str | None = None  # the last warning that no node fits a cell
 
     def run(self, planned: list[Planned]) -> dict[str, int]:
         """Run the planned cells; returns the final count per state. Stops early, recording
@@ -407,7 +428,7 @@ class Driver:
         self.progress.set("waiting", len(self.waiting))
 
         started = utc_stamp()
-        next_cancel_check = next_wait_check = 0.0
+        next_cancel_check = next_wait_check = next_placeable_check = 0.0
         try:
             while self.queue or self.in_flight or self.waiting:
                 if self.claim is not None and self.claim.lost.is_set():
@@ -426,6 +447,9 @@ class Driver:
                     self.poll_waiting()
                 while self.queue and len(self.in_flight) < self.max_in_flight:
                     self.submit(self.queue.popleft())
+                if self.in_flight and now >= next_placeable_check:
+                    next_placeable_check = now + PLACEABLE_POLL_S
+                    self.check_placeable()
                 if not self.in_flight:
                     time.sleep(0.2)
                     continue
@@ -438,6 +462,15 @@ class Driver:
         finally:
             self.progress.close()
         return self.counts
+
+    def check_placeable(self) -> None:
+        """Warn when no node can run a cell (and again once one can): one `ray.nodes()` call."""
+        import ray
+
+        problem = unplaceable(ray.nodes(), self.resources)
+        if problem != self.unplaceable:
+            self.progress.warn(problem or "a node that fits a cell is in the cluster now")
+            self.unplaceable = problem
 
     def submit(self, item: _InFlight) -> None:
         """Start one cell's Ray task (`pending` is recorded first, attempt 0: not started)."""

@@ -59,6 +59,14 @@ class Progress:
         note = f"failed {cell_id}: {kind}" + (f": {first}" if first else "")
         self.move("running", "failed", note)
 
+    def warn(self, message: str) -> None:
+        """A condition to see now, quiet or not: one line on stderr (above a live table)."""
+        line = f"[{self.sweep}] warning: {message}"
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
     def add_tokens(self, tokens: int) -> None:
         self.tokens += tokens
 

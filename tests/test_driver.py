@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.cells import expand
 from orchestrator.cli import main
-from orchestrator.driver import Planned, auto_in_flight, drive, execute_cell, plan
+from orchestrator.driver import Planned, auto_in_flight, drive, execute_cell, plan, unplaceable
 from orchestrator.spec import Resources, parse_spec
 from orchestrator.store import Store
 
@@ -321,3 +321,36 @@ def test_a_task_told_to_exit_records_its_attempt_dead_and_the_cell_runs_again(tm
     status = store.status(cell.cell_id)
     assert (status.state, status.event["error_class"]) == ("failed", "WorkerDied")
     assert [item.action for item in plan([cell], store, retries=0)] == ["run"]
+
+
+def test_no_node_fits_is_none_when_one_does_and_names_the_shortfall_otherwise():
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 2.0}},  # lost: its GPUs do not count
+        {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
+    ]
+    assert unplaceable(nodes, Resources(cpus=4)) is None
+    assert unplaceable(nodes, Resources(cpus=2, gpus=1)) is None
+    problem = unplaceable(nodes, Resources(cpus=4, gpus=1))
+    assert "(2 nodes; at most 8 CPU, 1 GPU on one) has the 4 CPU and 1 GPU one cell" in problem
+    assert "at most 0 CPU" in unplaceable([], Resources(cpus=1))
+
+
+def test_a_sweep_no_node_can_run_says_so_instead_of_waiting_in_silence(ray_local, tmp_path, capfd):
+    spec = parse_spec(SPEC + "resources: {cpus: 1, gpus: 1}\n")  # ray_local has no GPU
+    cells = expand(spec)
+    store = Store(tmp_path / "store")
+    store.put_sweep(spec.name, SPEC, [cell.cell_id for cell in cells])
+    options = {"resources": spec.resources, "retries": 0, "cell_fn": doubles.run_cell}
+    counts: dict[str, int] = {}
+    driver = threading.Thread(
+        target=lambda: counts.update(drive(spec.name, plan(cells, store), store, **options))
+    )
+    driver.start()
+    deadline = time.monotonic() + 60
+    while "has the 1 CPU and 1 GPU one cell asks for" not in capfd.readouterr().err:
+        assert driver.is_alive() and time.monotonic() < deadline
+        time.sleep(0.2)
+    store.request_cancel(spec.name)
+    driver.join(timeout=30)
+    assert counts == {"done": 0, "failed": 0, "cancelled": 3}
