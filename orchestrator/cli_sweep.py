@@ -363,7 +363,8 @@ def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
 STATUS_CAPTION = (
     "state: the latest status event (running, lease expired: its worker stopped reporting); "
     "attempt: the try number; step, loss: a running cell's newest loss row (training loss); "
-    "ETA: its tokens left / its tokens per second; error: class and first line of the message "
+    "ETA: its tokens left / its tokens per second (a pending ladder branch: its trunk's step, "
+    "loss and the ETA of its fork); error: class and first line of the message "
     "(tracebacks below, or --json)"
 )
 
@@ -377,6 +378,18 @@ def _running_detail(store: Store, cell_id: str) -> tuple[str, str, str]:
     speed = row.get("tokens_per_s") or 0.0
     eta = f"{left / speed / 60:.1f} min" if speed > 0 else ""
     return str(row["step"]), f"{row['train_loss']:.4f}", eta
+
+
+def _trunk_detail(store: Store, trunk: str, fork_step: int) -> tuple[str, str, str]:
+    """Step and last training loss of the trunk a pending branch waits for, and the ETA of its
+    fork step (when the branch starts), from the trunk's newest loss row."""
+    row = store.latest_loss(trunk, paths=store.layout.trunk(trunk))
+    if row is None:
+        return "", "", ""
+    left = (fork_step - row["step"] - 1) * row["tokens"] / (row["step"] + 1)
+    speed = row.get("tokens_per_s") or 0.0
+    eta = f"{left / speed / 60:.1f} min" if speed > 0 else ""
+    return f"trunk {row['step']}", f"{row['train_loss']:.4f}", eta
 
 
 def status(args: argparse.Namespace) -> int:
@@ -397,7 +410,12 @@ def status(args: argparse.Namespace) -> int:
         error = item.event.get("error_class")
         first = next(iter(str(item.event.get("message") or "").splitlines()), "")
         detail = f"{error}: {first}" if error else ""
-        running = _running_detail(store, item.cell_id) if item.state == "running" else ("",) * 3
+        running = ("",) * 3
+        if item.state == "running":
+            running = _running_detail(store, item.cell_id)
+        elif item.state == "pending" and (trunk := item.event.get("trunk_id")):
+            running = _trunk_detail(store, trunk, item.event["fork_step"])
+            detail = f"waits for its ladder's trunk to reach step {item.event['fork_step']}"
         rows.append([item.cell_id, state, item.attempt, item.event.get("host"), *running, detail])
     columns = ["cell", "state", "attempt", "host", "step", "loss", "ETA", "error"]
     _print_table(f"sweep {args.sweep}", columns, rows, caption=STATUS_CAPTION)

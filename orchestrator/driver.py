@@ -473,14 +473,17 @@ class Driver:
             self.unplaceable = problem
 
     def submit(self, item: _InFlight) -> None:
-        """Start one cell's Ray task (`pending` is recorded first, attempt 0: not started)."""
+        """Start one cell's Ray task (`pending` is recorded first, attempt 0: not started), after
+        its trunk's segment when it is a ladder's branch whose fork is not trained yet."""
         cell = item.cell
+        rung, after = self.trunks.rung(cell), self.trunks.before(cell)
         details = {"rerun": True} if item.rerun else {}
+        if after is not None:  # `compscale status` shows the trunk it waits for
+            details |= {"trunk_id": rung.trunk_id, "fork_step": rung.fork}
         self.store.record(
             cell.cell_id, "pending", 0, host=socket.gethostname(), pid=os.getpid(), **details
         )
         item.rerun, item.token = False, uuid.uuid4().hex
-        rung = self.trunks.rung(cell)
         options, function = self._placed(cell)
         ref = self.task.options(**options).remote(
             cell.model_dump_json(),
@@ -491,7 +494,7 @@ class Driver:
             lease_s=self.lease_s,
             force=item.force,
             trunk=rung.trunk_id if rung else None,
-            after=self.trunks.before(cell),
+            after=after,
         )
         self.in_flight[ref] = item
         self.progress.move("pending", "running")

@@ -30,6 +30,7 @@ from workers.layout import (
     EVENT_NAME,
     LOSS_PART,
     RESULT,
+    CellPaths,
     Layout,
     StoreLocation,
     attempt_number,
@@ -331,10 +332,11 @@ class Store:
             return RESULT_SCHEMA.empty_table().to_pandas()
         return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
-    def latest_loss(self, cell_id: str) -> dict[str, Any] | None:
-        """The newest loss row of the cell's highest attempt (None before its first flush):
-        what `compscale status` shows of a running cell, reading one small file."""
-        paths = self.layout.cell(cell_id)
+    def latest_loss(self, cell_id: str, paths: CellPaths | None = None) -> dict[str, Any] | None:
+        """The newest loss row of the cell's (or the trunk's at `paths`) highest attempt (None
+        before its first flush): what `compscale status` shows of a running cell, reading one
+        small file."""
+        paths = paths or self.layout.cell(cell_id)
         attempts = [attempt_number(name) for name in self.list_names(paths.losses)]
         attempts = [attempt for attempt in attempts if attempt is not None]
         if not attempts:

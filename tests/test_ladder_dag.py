@@ -72,6 +72,8 @@ def test_a_ladder_runs_its_trunk_once_in_segments_and_each_budget_as_its_own_cel
     assert _segments(store, trunk, "running") == _segments(store, trunk, "done") == [24, 40, 64]
     rows = read_losses(store.uri, "", paths=store.layout.trunk(trunk))
     assert rows.column("step").to_pylist() == list(range(64))  # to the last fork, once
+    pending = store.read_json(store.events(cells[-1].cell_id)[0])
+    assert (pending["state"], pending["trunk_id"], pending["fork_step"]) == ("pending", trunk, 64)
     for cell in cells:
         assert store.status(cell.cell_id).state == "done"
         assert read_result(store.uri, cell.cell_id)["val_loss"] == alone[cell.cell_id]

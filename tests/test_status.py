@@ -37,3 +37,25 @@ def test_status_shows_step_loss_and_eta_of_running_cells_and_first_error_lines(t
     assert "20" in row and "2.8000" in row and "13.3 min" in row  # 80,000 tokens at 100/s
     assert "Diverged: nan at 7" in out and "more" not in out.split("Diverged")[1][:40]
     assert "ETA: its tokens left / its tokens per second" in " ".join(out.split())
+
+
+def test_a_pending_ladder_branch_shows_its_trunks_step_loss_and_the_eta_of_its_fork(
+    tmp_path, capsys
+):
+    store = Store(tmp_path / "store")
+    branch = CellConfig(model=preset("tiny"), format="int4", tokens=100_000)
+    store.put_cell(branch)
+    store.put_sweep("s", "name: s\n", [branch.cell_id])
+    store.record(branch.cell_id, "pending", 0, trunk_id="trunk-x", fork_step=80)
+    rows = [
+        {"cell_id": "", "attempt": 1, "step": 39, "tokens": 40 * 1000, "train_loss": 2.5,
+         "tokens_per_s": 100.0}
+    ]  # fmt: skip
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=LOSS_SCHEMA), sink)
+    store.write_atomic(store.layout.trunk("trunk-x").loss_part(1, 0), sink.getvalue())
+
+    assert main(["status", "s", "--store", store.uri]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "trunk 39" in out and "2.5000" in out and "6.7 min" in out  # 40 steps x 1,000 at 100/s
+    assert "waits for its ladder's trunk to reach step 80" in out
