@@ -37,12 +37,16 @@ def execute_trunk(
 ) -> dict[str, Any]:
     """The body of one trunk segment's Ray task: train the trunk with the config of its ladder's
     largest budget (`top_json`) up to the last of `forks`, recording the segment's events beside
-    the trunk. `after` is the previous segment's summary, an argument only so Ray orders them."""
+    the trunk; nothing when the fork's checkpoint exists already. `after` is the previous
+    segment's summary, an argument only so Ray orders them."""
     from orchestrator.driver import placement
 
     store = Store(store_uri)
+    fork = forks[-1]
+    if store.exists(store.layout.trunk(trunk_id).checkpoint(fork)):
+        return {"trunk_id": trunk_id, "fork": fork}  # trained since: another driver, or a retry
     cell = CellConfig.model_validate_json(top_json)
-    fork, where = forks[-1], {"host": socket.gethostname(), "pid": os.getpid()}
+    where = {"host": socket.gethostname(), "pid": os.getpid()}
     store.record_trunk(trunk_id, "running", fork, **where, **placement())
     try:
         cell_fn(cell, store_uri, 0, ladder=Ladder(trunk_id, forks))

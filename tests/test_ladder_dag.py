@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from orchestrator.driver import drive, plan
+from orchestrator.ladders import execute_trunk
 from orchestrator.spec import Resources
 from orchestrator.store import Store
 from workers import run_cell
@@ -193,3 +194,15 @@ def test_every_format_of_one_seed_starts_from_the_same_weights(format):
     shared = set(ours) & set(theirs)
     assert {name for name in theirs if name.endswith("weight")} <= shared
     assert all(torch.equal(ours[name], theirs[name]) for name in shared)
+
+
+def test_a_segment_whose_fork_is_trained_already_trains_nothing(tmp_path):
+    def must_not_train(*args, **kwargs) -> dict:
+        raise AssertionError("the fork's checkpoint exists: nothing to train")
+
+    store = Store(tmp_path / "store")
+    top = _cells()[-1]
+    trunk = trunk_id(top)
+    store.write_atomic(store.layout.trunk(trunk).checkpoint(40), b"trained by another driver")
+    summary = execute_trunk(top.model_dump_json(), store.uri, must_not_train, trunk, (24, 40))
+    assert summary == {"trunk_id": trunk, "fork": 40} and store.trunk_events(trunk) == []
