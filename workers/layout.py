@@ -12,6 +12,7 @@ from strings, so the layout in docs/contracts.md is written down in code exactly
     cells/<cell_id>/heartbeat.json                         the running attempt's lease
     cells/<cell_id>/claims/attempt-<k>.json                who started attempt k (created once)
     cells/<cell_id>/tensorboard/, wandb/                   tracker files, with `trackers` on
+    trunks/<trunk_id>/checkpoints/, losses/, status/       a WSD ladder's shared trunk
     sweeps/<name>/spec.yaml, manifest.json, cancel/<utc-ts>.json, driver.log
     sweeps/<name>/drivers/<generation:06d>.json            driver claims; the highest one holds
     sweeps/<name>/reduction/, report/                      reducer tables and the report
