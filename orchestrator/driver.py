@@ -189,16 +189,17 @@ def execute_cell(
             )
             raise
         except BaseException as stop:  # told to exit: its driver died, or it was cancelled
-            store.record(
-                cell_id,
-                "failed",
-                attempt,
-                host=host,
-                pid=pid,
-                error_class="WorkerDied",
-                message=f"attempt {attempt} stopped: its process was told to exit "
-                f"({type(stop).__name__}); the cell is not at fault",
-            )
+            if store.status(cell_id).state != "cancelled":  # a Ctrl-C's `cancelled` stands
+                store.record(
+                    cell_id,
+                    "failed",
+                    attempt,
+                    host=host,
+                    pid=pid,
+                    error_class="WorkerDied",
+                    message=f"attempt {attempt} stopped: its process was told to exit "
+                    f"({type(stop).__name__}); the cell is not at fault",
+                )
             raise
     wall = time.perf_counter() - started
     store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall, **node)

@@ -323,6 +323,21 @@ def test_a_task_told_to_exit_records_its_attempt_dead_and_the_cell_runs_again(tm
     assert [item.action for item in plan([cell], store, retries=0)] == ["run"]
 
 
+def test_a_task_interrupted_after_its_driver_cancelled_the_cell_leaves_it_cancelled(tmp_path):
+    """Ctrl-C reaches the driver and its workers at once; the driver's `cancelled` may land
+    before the worker's handler runs, and then stands."""
+    store = Store(tmp_path / "store")
+    cell = expand(parse_spec(SPEC))[0]
+
+    def interrupted_after_cancel(cell, store_uri: str, attempt: int) -> dict:
+        Store(store_uri).record(cell.cell_id, "cancelled", 0, message="cancelled while running")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute_cell(cell.model_dump_json(), store.uri, interrupted_after_cancel, "task")
+    assert store.status(cell.cell_id).state == "cancelled"
+
+
 def test_no_node_fits_is_none_when_one_does_and_names_the_shortfall_otherwise():
     nodes = [
         {"Alive": True, "Resources": {"CPU": 8.0}},
