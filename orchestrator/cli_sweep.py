@@ -375,9 +375,7 @@ def _running_detail(store: Store, cell_id: str) -> tuple[str, str, str]:
     if row is None:
         return "", "", ""
     left = store.load_cell(cell_id).tokens - row["tokens"]
-    speed = row.get("tokens_per_s") or 0.0
-    eta = f"{left / speed / 60:.1f} min" if speed > 0 else ""
-    return str(row["step"]), f"{row['train_loss']:.4f}", eta
+    return str(row["step"]), f"{row['train_loss']:.4f}", _eta(left, row)
 
 
 def _trunk_detail(store: Store, trunk: str, fork_step: int) -> tuple[str, str, str]:
@@ -387,9 +385,13 @@ def _trunk_detail(store: Store, trunk: str, fork_step: int) -> tuple[str, str, s
     if row is None:
         return "", "", ""
     left = (fork_step - row["step"] - 1) * row["tokens"] / (row["step"] + 1)
+    return f"trunk {row['step']}", f"{row['train_loss']:.4f}", _eta(left, row)
+
+
+def _eta(tokens_left: float, row: dict[str, Any]) -> str:
+    """Minutes to train `tokens_left` at the speed of the loss row `row`; empty without one."""
     speed = row.get("tokens_per_s") or 0.0
-    eta = f"{left / speed / 60:.1f} min" if speed > 0 else ""
-    return f"trunk {row['step']}", f"{row['train_loss']:.4f}", eta
+    return f"{tokens_left / speed / 60:.1f} min" if speed > 0 else ""
 
 
 def status(args: argparse.Namespace) -> int:

@@ -252,9 +252,10 @@ class Store:
 
     def _trunk_of(self, cell_id: str) -> str | None:
         """The trunk a WSD cell would branch from; None for other cells (or no cell.json)."""
-        if not self.exists(self.layout.cell(cell_id).config):
+        try:
+            cell = self.load_cell(cell_id)
+        except FileNotFoundError:
             return None
-        cell = self.load_cell(cell_id)
         return trunk_id(cell) if cell.train.schedule == "wsd" else None
 
     def request_cancel(self, name: str) -> None:
