@@ -98,8 +98,8 @@ def test_minima_that_predict_the_same_losses_are_one_minimum():
     other = theta.copy()
     other[1] += 0.05  # a different fit
     found = [(value, theta), (problem.objective(same), same)]
-    assert laws._distinct_runner_up(problem, found) is None
-    assert laws._distinct_runner_up(problem, [*found, (value * 1.5, other)])[1] is other
+    assert laws.distinct_runner_up(problem, found) is None
+    assert laws.distinct_runner_up(problem, [*found, (value * 1.5, other)])[1] is other
 
 
 def test_a_law_that_does_not_fall_with_n_is_reported_not_identified_not_as_numbers(tmp_path):
