@@ -23,6 +23,7 @@ import pandas as pd
 
 from compscale.advise import Ensemble, fit_ensemble, loss
 from compscale.design import Candidate, propose, random_picks
+from compscale.laws import FitOptions
 
 BASE = (406.4, 0.34, 410.7, 0.28, 1.69)  # A, alpha, B, beta, E (Chinchilla's scale)
 RHO = {"dense": 1.0, "int4": 0.85, "int3": 0.7, "int2": 0.4, "sp50": 0.9}
@@ -74,7 +75,7 @@ def repetition(seed: int, rounds: int, bootstrap: int) -> dict[str, list[tuple]]
     start, candidates = grid(SIZES[:2], RATIOS[:2]), grid(SIZES, RATIOS)
     per_round = sum(c.flops for c in start)  # each round costs the start design again
     first = simulate(start, noise, rng)
-    ensemble, fit = fit_ensemble(first, bootstrap=bootstrap, seed=seed)
+    ensemble, fit = fit_ensemble(first, FitOptions(bootstrap=bootstrap, seed=seed))
     spent0 = sum(c.flops for c in start)
     history = {name: [(spent0, *measure(ensemble), len(first))] for name in STRATEGIES}
     state = {
@@ -96,7 +97,7 @@ def repetition(seed: int, rounds: int, bootstrap: int) -> dict[str, list[tuple]]
             more = simulate([candidates[i] for i in picks], noise, rng)
             s["data"] = pd.concat([s["data"], more], ignore_index=True)
             s["ensemble"], s["fit"] = fit_ensemble(
-                s["data"], bootstrap=bootstrap, seed=seed, warm_starts=[s["fit"].theta]
+                s["data"], FitOptions(bootstrap=bootstrap, seed=seed), warm_starts=[s["fit"].theta]
             )
             total = history[name][-1][0] + spent
             history[name].append((total, *measure(s["ensemble"]), len(s["data"])))

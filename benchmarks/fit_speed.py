@@ -150,11 +150,19 @@ def end_to_end() -> None:
         "fit QuEST-shaped, 104 runs": (
             10.0,
             lambda: laws.fit(
-                quest.params, quest.tokens, quest.val_loss, quest.format, law="unified", jobs=jobs
+                quest.params,
+                quest.tokens,
+                quest.val_loss,
+                quest.format,
+                law="unified",
+                options=laws.FitOptions(jobs=jobs),
             ),
         ),
-        "reduce cpu-mini, 80 cells": (15.0, lambda: reduce(cpu_mini, jobs=jobs)),
-        "reduce smoke-shaped, 12 cells": (3.0, lambda: reduce(smoke, gmse_of=gmse, jobs=jobs)),
+        "reduce cpu-mini, 80 cells": (15.0, lambda: reduce(cpu_mini, laws.FitOptions(jobs=jobs))),
+        "reduce smoke-shaped, 12 cells": (
+            3.0,
+            lambda: reduce(smoke, laws.FitOptions(jobs=jobs), gmse_of=gmse),
+        ),
     }
     print(f"\none scipy refine of the QuEST-shaped problem: {refine:.3f} s; {jobs} processes")
     print(

@@ -22,8 +22,9 @@ from test_paired import shared_noise_cells
 
 def widths(cells: pd.DataFrame, bootstrap: int) -> pd.DataFrame:
     columns = (cells["params"], cells["tokens"], cells["val_loss"], cells["format"])
-    plain = laws.fit(*columns, law="unified", bootstrap=bootstrap)
-    paired = laws.fit(*columns, law="unified", bootstrap=bootstrap, paired_seeds=cells["seed"])
+    options = laws.FitOptions(bootstrap=bootstrap)
+    plain = laws.fit(*columns, law="unified", options=options)
+    paired = laws.fit(*columns, law="unified", options=options, paired_seeds=cells["seed"])
     rows = []
     for name in plain.rho:
         if name == laws.DENSE:

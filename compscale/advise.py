@@ -195,24 +195,21 @@ class Ensemble:
 
 def fit_ensemble(
     results: pd.DataFrame,
+    options: laws.FitOptions | None = None,
     *,
-    bootstrap: int = 200,
-    seed: int = 0,
-    jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
     warm_starts: Sequence[np.ndarray] | None = None,
 ) -> tuple[Ensemble, laws.FitResult]:
-    """The unified law fitted to result rows (`params`, `tokens`, `format`, `val_loss`) with the
-    defaults `reduce` uses, so its point estimates are the reduction's; and its ensemble."""
+    """The unified law fitted to result rows (`params`, `tokens`, `format`, `val_loss`) as
+    `reduce` fits it (the same `options`), so its point estimates are the reduction's; and its
+    ensemble."""
     fit = laws.fit(
         results["params"],
         results["tokens"],
         results["val_loss"],
         results["format"].astype(str),
         law="unified",
-        bootstrap=bootstrap,
-        seed=seed,
-        jobs=jobs,
+        options=options,
         progress=progress,
         warm_starts=warm_starts,
     )

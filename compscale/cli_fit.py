@@ -10,7 +10,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compscale.laws import FitOptions
 
 
 def bootstrap_options() -> argparse.ArgumentParser:
@@ -27,6 +32,15 @@ def bootstrap_options() -> argparse.ArgumentParser:
         "--jobs", type=int, default=0, help="processes for the bootstrap (default: every core)"
     )
     return parent
+
+
+def fit_options(args: argparse.Namespace) -> FitOptions:
+    """The `FitOptions` that `bootstrap_options`' flags give (`--jobs 0`: every core)."""
+    from compscale.laws import FitOptions
+
+    return FitOptions(
+        bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs or os.cpu_count() or 1
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -131,12 +145,8 @@ def run(args: argparse.Namespace) -> int:
             table[loss_name].to_numpy(dtype=float),
             formats,
             law=args.law,
+            options=replace(fit_options(args), dense=args.dense, delta=args.delta),
             parts=parts,
-            dense=args.dense,
-            delta=args.delta,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            jobs=args.jobs or os.cpu_count() or 1,
             progress=progress,
         )
     if args.json:

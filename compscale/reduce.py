@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from io import StringIO
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from compscale.files import atomic_write, write_text_atomic
 REQUIRED_COLUMNS = ("params", "tokens", "format", "seed", "val_loss")
 TABLES = ("law", "rho", "capacity", "capacity_rho", "bound", "composition", "heldout")
 JSON_NAME = "reduction.json"
+Fitted = TypeVar("Fitted")
 
 
 @dataclass(frozen=True)
@@ -223,19 +225,12 @@ def pairable(results: pd.DataFrame) -> bool:
 
 def reduce(
     results: pd.DataFrame,
-    gmse_of: Callable[[str], float] | None = None,
-    holdout_fraction: float = 0.2,
-    seed: int = 0,
-    bootstrap: int = 200,
+    options: laws.FitOptions | None = None,
     *,
+    gmse_of: Callable[[str], float] | None = None,
     bits_of: Callable[[str], float] | None = None,
     parts_of: Callable[[str], tuple[capacity.Part, ...]] | None = None,
-    dense: str = laws.DENSE,
-    delta: float = 1e-3,
-    tolerance: float = 0.02,
-    jobs: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
-    paired: bool | None = None,
 ) -> Reduction:
     """Fit the unified law to result rows (one per cell) and derive every table of the paper.
 
@@ -246,21 +241,21 @@ def reduce(
     the unified-gmse law fitted to every cell at once), `capacity_rho` (each format's rho fitted,
     by the two-stage law, by the joint law, and by the two-stage law fitted without it),
     `bound` (each format against the compression lower bound at its bits per parameter),
-    `composition` (pairs flagged when the ratio's CI misses 1 by more than `tolerance`),
-    `heldout` (held-out cells, predicted by a fit to the others).
+    `composition` (pairs flagged when the ratio's CI misses 1 by more than `options.tolerance`),
+    `heldout` (`options.holdout_fraction` of the cells, predicted by a fit to the others).
     `fitted`: the unified law with every format's parts and the two-stage capacity law, so it
-    predicts formats that were never trained too. `gmse_of(format)` gives the GMSE column
-    (default `compscale.gmse.gmse`), `parts_of(format)` the capacity law's parts (default the
-    grammar's components; one quantization part of `gmse_of`'s GMSE when only that is given).
-    `jobs` processes share each bootstrap; `progress(stage, done, total)` hears of it.
-    `paired`: the unified fit profiles out a log-loss offset per (N, D, seed) (`laws.fit`'s
-    `paired_seeds`); None = when `pairable` (every such group has every format, 2+ seeds).
+    predicts formats that were never trained too. `options` (`laws.FitOptions`) says how every
+    fit is made; `options.paired` = None pairs seeds when `pairable`. `gmse_of(format)` gives
+    the GMSE column (default `compscale.gmse.gmse`), `parts_of(format)` the capacity law's parts
+    (default the grammar's components; one quantization part of `gmse_of`'s GMSE when only that
+    is given). `progress(stage, done, total)` hears of each bootstrap.
     """
     missing = [column for column in REQUIRED_COLUMNS if column not in results.columns]
     if missing:
         raise ValueError(f"results: missing column(s) {', '.join(missing)}")
-    if not 0 <= holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction: must be in [0, 1), got {holdout_fraction}")
+    options = options or laws.FitOptions()
+    if not 0 <= options.holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction: must be in [0, 1), got {options.holdout_fraction}")
     results = results.reset_index(drop=True)
     results = results.assign(format=results["format"].astype(str))
     parts_of = parts_of or _default_parts(gmse_of)
@@ -270,22 +265,21 @@ def reduce(
     def stage(name: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
-    common = dict(dense=dense, delta=delta, bootstrap=bootstrap, seed=seed, jobs=jobs)
+    paired = pairable(results) if options.paired is None else options.paired
     fit = laws.fit(
         results["params"],
         results["tokens"],
         results["val_loss"],
         results["format"],
         law="unified",
+        options=options,
         progress=stage("unified law"),
-        paired_seeds=results["seed"] if (pairable(results) if paired is None else paired) else None,
-        **common,
+        paired_seeds=results["seed"] if paired else None,
     )
-    warnings = list(fit.warnings)
     formats = list(fit.rho)
-    compressed = [name for name in formats if name != dense]
+    compressed = [name for name in formats if name != options.dense]
     parts = {name: tuple(parts_of(name)) for name in compressed}
-    gmse = {name: 0.0 if name == dense else float(gmse_of(name)) for name in formats}
+    gmse = {name: 0.0 if name == options.dense else float(gmse_of(name)) for name in formats}
     bits = {name: float(bits_of(name)) for name in formats}
     law_table = _parameter_table(fit, list(fit.params))
     rho_table = _parameter_table(fit, [f"rho[{name}]" for name in formats])
@@ -299,8 +293,8 @@ def reduce(
         cells=[int(cells[name]) for name in formats],
     )
     samples = {name: fit.bootstrap_samples[:, fit.names.index(f"rho[{name}]")] for name in formats}
-    two_stage = _two_stage(fit, compressed, parts, samples, bootstrap, seed, warnings)
-    joint = _joint(results, fit, parts, common, stage("joint capacity law"), warnings)
+    two_stage, two_stage_warnings = _two_stage(fit, compressed, parts, samples, options)
+    joint, joint_warnings = _joint(results, fit, parts, options, stage("joint capacity law"))
     capacity_table, capacity_rho = _capacity_tables(fit, compressed, parts, two_stage, joint)
     fitted = replace(
         fit.fitted,
@@ -308,32 +302,38 @@ def reduce(
         capacity={} if two_stage is None else {g: list(v) for g, v in two_stage.law.params.items()},
     )
     composition = capacity.composition_table(
-        fit.rho, samples if bootstrap else None, tolerance=tolerance
+        fit.rho, samples if options.bootstrap else None, tolerance=options.tolerance
     )
-    for row in composition[composition["flagged"]].itertuples():
-        warnings.append(
-            f"composition {row.format}: rho {row.rho:.4g} vs product {row.rho_product:.4g} "
-            f"(ratio CI [{row.ratio_ci_low:.4g}, {row.ratio_ci_high:.4g}]) is not multiplicative"
-        )
-    heldout = _heldout(results, holdout_fraction, seed, dense, delta, fit, warnings)
+    composition_warnings = [
+        f"composition {row.format}: rho {row.rho:.4g} vs product {row.rho_product:.4g} "
+        f"(ratio CI [{row.ratio_ci_low:.4g}, {row.ratio_ci_high:.4g}]) is not multiplicative"
+        for row in composition[composition["flagged"]].itertuples()
+    ]
+    heldout, heldout_warnings = _heldout(results, fit, options)
     heldout_rmse, heldout_error = _heldout_errors(heldout)
     metrics = ReductionMetrics(
         law=fit.law,
         cells=len(results),
         formats=len(formats),
         seeds=int(results["seed"].nunique()),
-        bootstrap=bootstrap,
-        delta=delta,
+        bootstrap=options.bootstrap,
+        delta=options.delta,
         objective=fit.objective,
         rmse_log_loss=fit.fit_error["rmse_log_loss"],
         mean_abs_rel_error=fit.fit_error["mean_abs_rel_error"],
         seed_noise_log_loss=_seed_noise(results),
-        tolerance=tolerance,
-        holdout_fraction=holdout_fraction,
+        tolerance=options.tolerance,
+        holdout_fraction=options.holdout_fraction,
         heldout_cells=len(heldout),
         heldout_rmse_log_loss=heldout_rmse,
         heldout_mean_abs_rel_error=heldout_error,
-        warnings=tuple(warnings),
+        warnings=(
+            *fit.warnings,
+            *two_stage_warnings,
+            *joint_warnings,
+            *composition_warnings,
+            *heldout_warnings,
+        ),
     )
     return Reduction(
         law=law_table,
@@ -362,42 +362,52 @@ def _parameter_table(fit: laws.FitResult, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["parameter", "value", "ci_low", "ci_high", "note"])
 
 
+def _attempt(failure: str, sub_fit: Callable[[], Fitted]) -> tuple[Fitted | None, list[str]]:
+    """A sub-fit's value, or None and a warning `failure: why` when the cells cannot support it
+    (it raises ValueError): a reduction reports what it could not fit instead of failing."""
+    try:
+        return sub_fit(), []
+    except ValueError as error:
+        return None, [f"{failure}: {error}"]
+
+
 def _two_stage(
     fit: laws.FitResult,
     compressed: list[str],
     parts: dict[str, tuple],
     samples: dict[str, np.ndarray],
-    bootstrap: int,
-    seed: int,
-    warnings: list[str],
-) -> capacity.CapacityFit | None:
+    options: laws.FitOptions,
+) -> tuple[capacity.CapacityFit | None, list[str]]:
     """The capacity law fitted to the per-format rhos, weighted by their bootstrap spread."""
     usable = [name for name in compressed if fit.identified(f"rho[{name}]")]
-    draws = np.column_stack([samples[name] for name in usable]) if bootstrap and usable else None
-    try:
-        law = capacity.fit_capacity(
+    draws = (
+        np.column_stack([samples[name] for name in usable])
+        if options.bootstrap and usable
+        else None
+    )
+    law, warnings = _attempt(
+        "capacity law (two-stage) not fitted",
+        lambda: capacity.fit_capacity(
             usable,
             [fit.rho[name] for name in usable],
             [parts[name] for name in usable],
             rho_samples=draws,
-            bootstrap=bootstrap,
-            seed=seed,
-        )
-    except ValueError as error:
-        warnings.append(f"capacity law (two-stage) not fitted: {error}")
-        return None
-    warnings += [f"capacity law (two-stage): {name} sits at its bound" for name in law.at_bound]
-    return law
+            bootstrap=options.bootstrap,
+            seed=options.seed,
+        ),
+    )
+    if law is not None:
+        warnings += [f"capacity law (two-stage): {name} sits at its bound" for name in law.at_bound]
+    return law, warnings
 
 
 def _joint(
     results: pd.DataFrame,
     fit: laws.FitResult,
     parts: dict[str, tuple],
-    common: dict,
+    options: laws.FitOptions,
     progress: Callable[[int, int], None] | None,
-    warnings: list[str],
-) -> laws.FitResult | None:
+) -> tuple[laws.FitResult | None, list[str]]:
     """The unified-gmse law on every cell, started from the unified fit's A, alpha, B, beta, E
     (and its runner-up's): the capacity law's starts vary, the base needs no second grid."""
     bases = [fit.theta[:5]] + ([fit.runner_up[:5]] if fit.runner_up is not None else [])
@@ -407,23 +417,23 @@ def _joint(
         for base in bases
         for extra in capacity.law_starts(len(groups))
     ]
-    try:
-        joint = laws.fit(
+    joint, warnings = _attempt(
+        "capacity law (joint, unified-gmse) not fitted",
+        lambda: laws.fit(
             results["params"],
             results["tokens"],
             results["val_loss"],
             results["format"],
             law="unified-gmse",
+            options=options,
             parts=parts,
             warm_starts=starts,
             progress=progress,
-            **common,
-        )
-    except ValueError as error:
-        warnings.append(f"capacity law (joint, unified-gmse) not fitted: {error}")
-        return None
-    warnings += [f"joint unified-gmse law: {text}" for text in joint.warnings]
-    return joint
+        ),
+    )
+    if joint is not None:
+        warnings += [f"joint unified-gmse law: {text}" for text in joint.warnings]
+    return joint, warnings
 
 
 def _capacity_tables(
@@ -516,37 +526,30 @@ def _heldout_errors(heldout: pd.DataFrame) -> tuple[float, float]:
 
 
 def _heldout(
-    results: pd.DataFrame,
-    fraction: float,
-    seed: int,
-    dense: str,
-    delta: float,
-    fit: laws.FitResult,
-    warnings: list[str],
-) -> pd.DataFrame:
+    results: pd.DataFrame, fit: laws.FitResult, options: laws.FitOptions
+) -> tuple[pd.DataFrame, list[str]]:
     """Held-out cells with the loss predicted by the law fitted to the other cells (started from
     the full fit's optimum and runner-up: the same basins, without a second grid)."""
     columns = ["params", "tokens", "format", "seed", "observed", "predicted", "rel_error"]
-    held = _heldout_split(results, fraction, seed)
+    held = _heldout_split(results, options.holdout_fraction, options.seed)
     if not held.any():
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=columns), []
     train, test = results[~held], results[held]
     starts = [fit.theta] + ([fit.runner_up] if fit.runner_up is not None else [])
-    try:
-        heldout_fit = laws.fit(
+    heldout_fit, warnings = _attempt(
+        "held-out check skipped: the cells left for fitting fail",
+        lambda: laws.fit(
             train["params"],
             train["tokens"],
             train["val_loss"],
             train["format"],
             law="unified",
-            dense=dense,
-            delta=delta,
-            bootstrap=0,
+            options=replace(options, bootstrap=0),
             warm_starts=starts if train["format"].nunique() == len(fit.rho) else None,
-        )
-    except ValueError as error:
-        warnings.append(f"held-out check skipped: the cells left for fitting fail: {error}")
-        return pd.DataFrame(columns=columns)
+        ),
+    )
+    if heldout_fit is None:
+        return pd.DataFrame(columns=columns), warnings
     predicted = heldout_fit.fitted.predict(test["params"], test["tokens"], test["format"])
     observed = test["val_loss"].to_numpy()
     return pd.DataFrame(
@@ -559,4 +562,4 @@ def _heldout(
             "predicted": predicted,
             "rel_error": predicted / observed - 1,
         }
-    )
+    ), warnings

@@ -58,6 +58,7 @@ class StoreView:
     ) -> Reduction:
         """The sweep's reduction: the stored one (`compscale reduce`) unless `refit`, else fitted
         here with the CLI's defaults. `.fitted.predict(params, tokens, formats)` is the law."""
+        from compscale.laws import FitOptions
         from compscale.reduce import JSON_NAME, Reduction, reduce
 
         stored = Path(self.store.layout.sweep(sweep).reduction)
@@ -66,7 +67,7 @@ class StoreView:
         results = self.results(sweep)
         if results.empty:
             raise ValueError(f"sweep {sweep!r}: no finished cells yet")
-        return reduce(results, bootstrap=bootstrap, seed=seed, jobs=os.cpu_count() or 1)
+        return reduce(results, FitOptions(bootstrap=bootstrap, seed=seed, jobs=os.cpu_count() or 1))
 
 
 def sweep_summary(store: Store) -> pd.DataFrame:

@@ -80,16 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _fit(results: pd.DataFrame, args: argparse.Namespace) -> Ensemble:
     from compscale.advise import fit_ensemble
-    from compscale.cli_fit import fit_progress
+    from compscale.cli_fit import fit_options, fit_progress
 
     with fit_progress() as progress:
-        ensemble, _ = fit_ensemble(
-            results,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            jobs=args.jobs or os.cpu_count() or 1,
-            progress=progress,
-        )
+        ensemble, _ = fit_ensemble(results, fit_options(args), progress=progress)
     return ensemble
 
 

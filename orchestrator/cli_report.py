@@ -102,17 +102,11 @@ def _results(store: Store, sweep: str) -> pd.DataFrame:
 
 
 def _reduce(results: pd.DataFrame, args: argparse.Namespace, out: Path) -> Reduction:
-    from compscale.cli_fit import fit_progress
+    from compscale.cli_fit import fit_options, fit_progress
     from compscale.reduce import reduce
 
     with fit_progress() as progress:
-        reduction = reduce(
-            results,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            jobs=args.jobs or os.cpu_count() or 1,
-            progress=progress,
-        )
+        reduction = reduce(results, fit_options(args), progress=progress)
     reduction.write(out)
     return reduction
 

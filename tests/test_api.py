@@ -67,13 +67,16 @@ def test_imports_point_down_except_the_one_lazy_re_export():
 
 
 def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
+    from compscale.laws import FitOptions
     from compscale.reduce import reduce
 
     readme = (REPO / "README.md").read_text()
     (example,) = [block for block in readme.split("```python\n")[1:] if "open_store" in block]
     store = Store(tmp_path / "store")
     fill_store(store, "smoke")
-    reduction = reduce(store.results("smoke"), bootstrap=0)  # stored: the example reads it
+    reduction = reduce(
+        store.results("smoke"), FitOptions(bootstrap=0)
+    )  # stored: the example reads it
     reduction.write(store.layout.sweep("smoke").reduction)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("COMPSCALE_STORE", raising=False)

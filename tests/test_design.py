@@ -85,7 +85,9 @@ def test_proposed_cells_shrink_rho_intervals_more_than_random_cells_of_the_same_
     for seed in range(2):
         rng = np.random.default_rng(seed)
         first = simulate(start, rng)
-        ensemble, fit = fit_ensemble(first, bootstrap=20, seed=seed, warm_starts=[truth()])
+        ensemble, fit = fit_ensemble(
+            first, laws.FitOptions(bootstrap=20, seed=seed), warm_starts=[truth()]
+        )
         warm = [fit.theta]  # warm starts skip the grid of starts: the test stays fast
         chosen = {
             "design": propose(ensemble, candidates, budget).picks,
@@ -93,7 +95,9 @@ def test_proposed_cells_shrink_rho_intervals_more_than_random_cells_of_the_same_
         }
         for name, picks in chosen.items():
             more = simulate([candidates[i] for i in picks], rng)
-            after, _ = fit_ensemble(pd.concat([first, more]), bootstrap=20, warm_starts=warm)
+            after, _ = fit_ensemble(
+                pd.concat([first, more]), laws.FitOptions(bootstrap=20), warm_starts=warm
+            )
             low, high = np.percentile(after.samples[:, 6:], [2.5, 97.5], axis=0)
             widths[name].append(float(np.mean(high - low)))
     assert np.mean(widths["design"]) < 0.8 * np.mean(widths["random"]), widths

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from compscale import laws
 
 CHINCHILLA_CSV = Path(__file__).parent / "data" / "chinchilla_svg_extracted.csv"
 TRUTH = {"A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28, "E": 1.69}
+NO_BOOTSTRAP = laws.FitOptions(bootstrap=0)
 RHO = {"dense": 1.0, "int8": 0.97, "int4": 0.8, "int3": 0.62, "int2": 0.35, "sp50": 0.7}
 
 
@@ -36,7 +38,7 @@ def synthetic_cells(rho: dict[str, float], seed: int, noise: float = 0.005) -> p
 def test_unified_fit_recovers_every_rho_within_3_percent_and_exponents_within_5(seed):
     cells = synthetic_cells(RHO, seed)
     result = laws.fit(
-        cells.params, cells.tokens, cells.loss, cells.format, law="unified", bootstrap=0
+        cells.params, cells.tokens, cells.loss, cells.format, law="unified", options=NO_BOOTSTRAP
     )
     for name, capacity in RHO.items():
         assert result.rho[name] == pytest.approx(capacity, rel=0.03), name
@@ -56,7 +58,7 @@ def chinchilla_cells() -> pd.DataFrame:
 
 def test_chinchilla_fit_reproduces_besiroglu_replication_with_bootstrap_cis():
     cells = chinchilla_cells()
-    result = laws.fit(cells.params, cells.tokens, cells.loss, bootstrap=50)
+    result = laws.fit(cells.params, cells.tokens, cells.loss, options=laws.FitOptions(bootstrap=50))
     published = {"A": 482.0, "B": 2085.0, "E": 1.817, "alpha": 0.348, "beta": 0.366}
     tolerance = {"A": 0.10, "B": 0.10, "E": 0.005, "alpha": 0.02, "beta": 0.02}
     for name, value in published.items():
@@ -73,9 +75,10 @@ def test_chinchilla_fit_reproduces_besiroglu_replication_with_bootstrap_cis():
 
 def test_lbfgs_and_trust_region_polish_agree_on_chinchilla_minimum():
     cells = chinchilla_cells()
-    common = {"bootstrap": 0, "top_starts": 2}
-    trf = laws.fit(cells.params, cells.tokens, cells.loss, **common)
-    lbfgs = laws.fit(cells.params, cells.tokens, cells.loss, **common, method="lbfgs")
+    options = laws.FitOptions(bootstrap=0, top_starts=2)
+    trf = laws.fit(cells.params, cells.tokens, cells.loss, options=options)
+    lbfgs_options = replace(options, method="lbfgs")
+    lbfgs = laws.fit(cells.params, cells.tokens, cells.loss, options=lbfgs_options)
     assert lbfgs.objective >= trf.objective * (1 - 1e-6)
     assert lbfgs.params["E"] == pytest.approx(trf.params["E"], rel=0.01)
 
@@ -122,7 +125,7 @@ def gmse_fit() -> laws.FitResult:
         cells.format,
         law="unified-gmse",
         parts={name: (("quantization", g),) for name, g in GMSE.items()},
-        bootstrap=0,
+        options=NO_BOOTSTRAP,
     )
 
 
@@ -175,13 +178,20 @@ def test_degenerate_input_fails_with_a_clear_error(overrides, law, message):
     if law == "chinchilla":
         fields["formats"] = None
     with pytest.raises(ValueError, match=message):
-        laws.fit(**fields, law=law, bootstrap=0)
+        laws.fit(**fields, law=law, options=NO_BOOTSTRAP)
 
 
 def test_fewer_cells_than_parameters_is_an_error():
     cells = synthetic_cells({"dense": 1.0, "int4": 0.8, "int2": 0.4}, seed=0).iloc[::10]
     with pytest.raises(ValueError, match="cells: 6 cells for 7 law parameters"):
-        laws.fit(cells.params, cells.tokens, cells.loss, cells.format, law="unified", bootstrap=0)
+        laws.fit(
+            cells.params,
+            cells.tokens,
+            cells.loss,
+            cells.format,
+            law="unified",
+            options=NO_BOOTSTRAP,
+        )
 
 
 def test_a_grid_near_one_tokens_per_parameter_ratio_warns_instead_of_false_precision():
@@ -190,5 +200,7 @@ def test_a_grid_near_one_tokens_per_parameter_ratio_warns_instead_of_false_preci
     tokens = 20 * params
     loss = TRUTH["A"] * params ** -TRUTH["alpha"] + TRUTH["B"] * tokens ** -TRUTH["beta"]
     loss = (loss + TRUTH["E"]) * np.exp(rng.normal(0, 0.005, len(params)))
-    result = laws.fit(params * rng.uniform(0.98, 1.02, 12), tokens, loss, bootstrap=30)
+    result = laws.fit(
+        params * rng.uniform(0.98, 1.02, 12), tokens, loss, options=laws.FitOptions(bootstrap=30)
+    )
     assert any("weakly identified" in text for text in result.warnings)

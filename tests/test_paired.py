@@ -30,7 +30,7 @@ def test_paired_fit_recovers_rho_with_tighter_intervals_than_the_plain_fit():
     cells = shared_noise_cells()
     assert pairable(cells) and not pairable(cells[cells["seed"] == 0])
     columns = (cells["params"], cells["tokens"], cells["val_loss"], cells["format"])
-    common = dict(law="unified", bootstrap=40, seed=0)
+    common = dict(law="unified", options=laws.FitOptions(bootstrap=40, seed=0))
     plain = laws.fit(*columns, **common)
     paired = laws.fit(*columns, paired_seeds=cells["seed"], **common)
     for name in ("int4", "sp75"):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from test_reduce import GMSE, capacities, sweep
 
+from compscale.laws import FitOptions
 from compscale.plots import write_figures
 from compscale.reduce import reduce
 
@@ -19,7 +20,7 @@ def results():
 
 def test_all_four_figures_are_written_as_png(results, tmp_path):
     gmse = GMSE | {"sp50+int4": 0.0799}
-    reduction = reduce(results, gmse_of=gmse.get, bits_of=len, bootstrap=20)
+    reduction = reduce(results, FitOptions(bootstrap=20), gmse_of=gmse.get, bits_of=len)
     paths = write_figures(reduction, results, tmp_path / "figures")
     names = [path.name for path in paths]
     assert names == [
@@ -37,7 +38,9 @@ def test_all_four_figures_are_written_as_png(results, tmp_path):
 
 def test_without_composite_formats_there_is_no_composition_figure(results, tmp_path):
     plain = results[results["format"] != "sp50+int4"]
-    reduction = reduce(plain, gmse_of=GMSE.get, bits_of=len, bootstrap=0, holdout_fraction=0)
+    reduction = reduce(
+        plain, FitOptions(bootstrap=0, holdout_fraction=0), gmse_of=GMSE.get, bits_of=len
+    )
     paths = write_figures(reduction, plain, tmp_path)
     assert [path.name for path in paths] == [
         "loss_vs_params.png",
@@ -51,7 +54,9 @@ def test_law_curves_are_the_fitted_laws_predictions(results, tmp_path, monkeypat
     from compscale import plots
 
     gmse = GMSE | {"sp50+int4": 0.0799}
-    reduction = reduce(results, gmse_of=gmse.get, bits_of=len, bootstrap=0, holdout_fraction=0)
+    reduction = reduce(
+        results, FitOptions(bootstrap=0, holdout_fraction=0), gmse_of=gmse.get, bits_of=len
+    )
     reduction = replace(reduction, law=reduction.law.iloc[:0], rho=reduction.rho.iloc[:0])
     figures = {}
     monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.stem, figure))
@@ -112,7 +117,9 @@ def test_composition_error_bars_stay_in_zero_one(results, tmp_path, monkeypatch)
     from compscale import plots
 
     gmse = GMSE | {"sp50+int4": 0.0799}
-    reduction = reduce(results, gmse_of=gmse.get, bits_of=len, bootstrap=20, holdout_fraction=0)
+    reduction = reduce(
+        results, FitOptions(bootstrap=20, holdout_fraction=0), gmse_of=gmse.get, bits_of=len
+    )
     wide = reduction.rho.assign(ci_low=-0.5, ci_high=1.7)
     reduction = replace(reduction, rho=wide)
     figures = {}

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from compscale import capacity, laws
+from compscale.laws import FitOptions
 from compscale.reduce import TABLES, Reduction, ReductionMetrics, reduce
 
 TRUTH = {"A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28, "E": 1.69}
@@ -45,7 +46,11 @@ def multiplicative():
     rho = capacities(1.0)
     results = sweep(rho)
     gmse = GMSE | {"sp50+int4": 0.0799}
-    return rho, results, reduce(results, gmse_of=gmse.get, bits_of=lambda name: 4.0, bootstrap=50)
+    return (
+        rho,
+        results,
+        reduce(results, FitOptions(bootstrap=50), gmse_of=gmse.get, bits_of=lambda name: 4.0),
+    )
 
 
 def test_capacities_of_every_format_come_back_with_cis(multiplicative):
@@ -124,7 +129,9 @@ def test_written_reduction_reads_back_identically(multiplicative, tmp_path):
 def test_non_multiplicative_composition_is_flagged():
     rho = capacities(0.8)
     gmse = GMSE | {"sp50+int4": 0.0799}
-    reduction = reduce(sweep(rho, seeds=(0,)), gmse_of=gmse.get, bits_of=len, bootstrap=30)
+    reduction = reduce(
+        sweep(rho, seeds=(0,)), FitOptions(bootstrap=30), gmse_of=gmse.get, bits_of=len
+    )
     row = reduction.composition.set_index("format").loc["sp50+int4"]
     assert row["rel_error"] == pytest.approx(-0.2, abs=0.05)
     assert row["flagged"]
@@ -139,7 +146,7 @@ def test_default_gmse_comes_from_the_format_library(tmp_path):
         name: 1.0 if name == "dense" else float(capacity.capacity(gmse(name), **LAW))
         for name in names
     }
-    reduction = reduce(sweep(rho, seeds=(0,)), bootstrap=0, holdout_fraction=0)
+    reduction = reduce(sweep(rho, seeds=(0,)), FitOptions(bootstrap=0, holdout_fraction=0))
     table = reduction.rho.set_index("format")
     assert math.isnan(reduction.metrics.seed_noise_log_loss)  # one seed per cell
     reduction.write(tmp_path)
@@ -155,7 +162,7 @@ def test_missing_columns_and_missing_dense_fail_clearly():
     with pytest.raises(ValueError, match="results: missing column"):
         reduce(results.drop(columns=["val_loss"]), gmse_of=GMSE.get)
     with pytest.raises(ValueError, match="no cells of the dense reference"):
-        reduce(results[results["format"] != "dense"], gmse_of=GMSE.get, bootstrap=0)
+        reduce(results[results["format"] != "dense"], FitOptions(bootstrap=0), gmse_of=GMSE.get)
 
 
 def metrics(**overrides) -> ReductionMetrics:

@@ -11,6 +11,7 @@ import pytest
 
 from compscale import capacity, laws
 from compscale.gmse import parts_of
+from compscale.laws import FitOptions
 from compscale.reduce import reduce
 from orchestrator.cli import main
 
@@ -50,7 +51,12 @@ def joint_fit() -> laws.FitResult:
     names = ["dense", *WEIGHTS_ONLY, *WEIGHTS_AND_ACTIVATIONS]
     table = cells({name: true_rho(name) for name in names}, noise=0.003)
     return laws.fit(
-        table.params, table.tokens, table.val_loss, table.format, law="unified-gmse", bootstrap=0
+        table.params,
+        table.tokens,
+        table.val_loss,
+        table.format,
+        law="unified-gmse",
+        options=laws.FitOptions(bootstrap=0),
     )
 
 
@@ -77,7 +83,8 @@ def test_a_parameter_at_its_bound_gets_a_profile_interval_not_a_zero_width_ci():
     params = np.repeat([1e6, 3e6, 1e7, 3e7, 1e8], 3)
     tokens = params * np.tile([10, 30, 100], 5)
     loss = TRUTH["A"] * params ** -TRUTH["alpha"] + TRUTH["B"] * tokens ** -TRUTH["beta"] + 0.0
-    result = laws.fit(params, tokens, loss * np.exp(rng.normal(0, 0.002, len(loss))), bootstrap=20)
+    noisy = loss * np.exp(rng.normal(0, 0.002, len(loss)))
+    result = laws.fit(params, tokens, noisy, options=laws.FitOptions(bootstrap=20))
     assert "at a bound" in result.notes["E"] and "profile" in result.notes["E"]
     low, high = result.ci["E"]
     assert low <= result.params["E"] <= 1e-6  # E ~ 0 is best ...
@@ -112,7 +119,7 @@ def test_a_law_that_does_not_fall_with_n_is_reported_not_identified_not_as_numbe
     ]
     table = pd.DataFrame(rows, columns=["params", "tokens", "format", "seed", "val_loss"])
     table["val_loss"] *= np.exp(rng.normal(0, 0.003, len(table)))
-    reduction = reduce(table, bootstrap=20, holdout_fraction=0)
+    reduction = reduce(table, FitOptions(bootstrap=20, holdout_fraction=0))
     law = reduction.law.set_index("parameter")
     for name in ("A", "alpha"):
         assert math.isnan(law.loc[name, "value"]) and law.loc[name, "note"].startswith(
@@ -128,7 +135,7 @@ def test_fit_on_a_table_gives_what_reduce_gives_on_the_same_rows(tmp_path, capsy
     names = ["dense", "int2", "int3", "int4", "sp50"]
     rho = {"dense": 1.0, "int2": 0.45, "int3": 0.7, "int4": 0.85, "sp50": 0.8}
     table = cells({name: rho[name] for name in names}, noise=0.004, seed=5)
-    reduction = reduce(table, bootstrap=20, holdout_fraction=0)
+    reduction = reduce(table, FitOptions(bootstrap=20, holdout_fraction=0))
     shuffled = table.sample(frac=1.0, random_state=0).assign(loss=1.0)  # val_loss is the default
     path = tmp_path / "results.parquet"
     shuffled.to_parquet(path)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
+from compscale.laws import FitOptions
 from compscale.report import Page, Section, write_report
 
 
@@ -100,7 +101,9 @@ def test_sweep_page_lays_out_the_paper_order_with_6nd_compute(figure):
         hardware="cpu",
         finished_at=pd.Timestamp("2025-01-01", tz="UTC"),
     )
-    reduction = reduce(results, gmse_of=GMSE.get, bits_of=len, bootstrap=0, holdout_fraction=0)
+    reduction = reduce(
+        results, FitOptions(bootstrap=0, holdout_fraction=0), gmse_of=GMSE.get, bits_of=len
+    )
     page = sweep_page("mini", "file:///store", results, reduction, [figure], "compscale report x")
     assert page.title == "compscale report: mini"
     assert [section.heading.split()[0] for section in page.sections] == [

@@ -11,7 +11,7 @@ starts and keeping the best, with confidence intervals from a bootstrap over cel
 Modules, in the order they build on each other: `cells` (validated cells in log space), `forms`
 (the law forms and their shared formula), `problem` (objective, Jacobian, polish), `starts` (the
 grid and the minima kept), `bootstrap` (resampled fits), `identify` (bounds, profiles, "not
-identified"), `results` (`FittedLaw`, `FitResult`), `fitting` (`fit`).
+identified"), `results` (`FittedLaw`, `FitResult`), `options` (`FitOptions`), `fitting` (`fit`).
 """
 
 from compscale.laws.cells import DENSE, Observations, observations
@@ -26,6 +26,7 @@ from compscale.laws.forms import (
     make_law,
 )
 from compscale.laws.identify import NOT_IDENTIFIED
+from compscale.laws.options import FitOptions
 from compscale.laws.problem import Problem, huber, pairing_projection
 from compscale.laws.results import FitResult, FittedLaw
 from compscale.laws.starts import candidate_starts, distinct_runner_up, start_grid
@@ -35,6 +36,7 @@ __all__ = [
     "DENSE",
     "NOT_IDENTIFIED",
     "ChinchillaLaw",
+    "FitOptions",
     "FitResult",
     "FittedLaw",
     "Law",

@@ -10,9 +10,10 @@ import numpy as np
 
 from compscale import capacity
 from compscale.laws.bootstrap import Resampler, bootstrap_rows, map_in_processes
-from compscale.laws.cells import DENSE, Observations, observations
+from compscale.laws.cells import Observations, observations
 from compscale.laws.forms import BASE_NAMES, UnifiedGmseLaw, make_law, natural
 from compscale.laws.identify import at_bounds, fit_warnings, unidentified
+from compscale.laws.options import FitOptions
 from compscale.laws.problem import Problem
 from compscale.laws.results import FitResult, FittedLaw
 from compscale.laws.starts import distinct_runner_up, local_minima
@@ -31,33 +32,28 @@ def fit(
     formats: Sequence[str] | None = None,
     *,
     law: str = "chinchilla",
+    options: FitOptions | None = None,
     parts: Mapping[str, Sequence[capacity.Part]] | None = None,
-    dense: str = DENSE,
-    delta: float = 1e-3,
-    bootstrap: int = 200,
-    seed: int = 0,
-    top_starts: int = 8,
-    method: str = "trf",
-    unidentified_width: float = 1.0,
     warm_starts: Sequence[np.ndarray] | None = None,
-    jobs: int = 1,
     progress: Callable[[int, int], None] | None = None,
     paired_seeds: Sequence[int] | None = None,
 ) -> FitResult:
     """Fit `law` to cells (N parameters, D tokens, loss in nats) and bootstrap its intervals.
 
-    `top_starts`: how many of the 7776 grid starts (ranked by their objective, per start of the
-    law's extra parameters) are polished by `method`; the best two with E near 0 and with
-    alpha <= 0.2 are always polished too. `warm_starts` (fit coordinates, e.g. another fit's
+    `options` says how (`FitOptions`: Huber delta, resamples, seed, processes, starts, polisher).
+    The `options.top_starts` best of the 7776 grid starts (ranked by their objective, per start of
+    the law's extra parameters) are polished; `warm_starts` (fit coordinates, e.g. another fit's
     `theta` on overlapping cells) replace the grid. `parts` (unified-gmse): each compressed
     format's (family, GMSE) parts; by default from the format grammar (`compscale.gmse.parts_of`).
     Each bootstrap resample is polished from the optimum and from the best distinct runner-up
-    minimum (the runner-up basin wins a tenth of cpu-mini's resamples), in `jobs` processes;
-    `progress(done, total)` hears of each. A parameter whose CI is wider than
-    `unidentified_width` times its value is reported in `warnings` as weakly identified; see
-    `FitResult.notes` for the stronger verdicts. `paired_seeds` (each cell's seed): profile out
-    a log-loss offset per (N, D, seed) group (`pairing_projection`) and bootstrap whole groups.
+    minimum (the runner-up basin wins a tenth of cpu-mini's resamples), in `options.jobs`
+    processes; `progress(done, total)` hears of each. A parameter whose CI is wider than
+    `options.unidentified_width` times its value is reported in `warnings` as weakly identified;
+    see `FitResult.notes` for the stronger verdicts. `paired_seeds` (each cell's seed): profile
+    out a log-loss offset per (N, D, seed) group (`pairing_projection`) and bootstrap whole groups.
     """
+    options = options or FitOptions()
+    dense, delta, bootstrap = options.dense, options.delta, options.bootstrap
     obs = observations(params, tokens, loss, formats)
     if paired_seeds is not None:
         keys = np.column_stack([obs.log_params, obs.log_tokens, np.asarray(paired_seeds, float)])
@@ -81,11 +77,11 @@ def fit(
     problem = Problem(law_object, obs, delta)
     if warm_starts is not None:
         found = sorted(
-            (item[1], item[0]) for item in (problem.polish(x, method) for x in warm_starts)
+            (item[1], item[0]) for item in (problem.polish(x, options.method) for x in warm_starts)
         )
         found = [(value, theta) for value, theta in found if np.isfinite(value)]
     else:
-        found = local_minima(problem, top_starts, method)
+        found = local_minima(problem, options.top_starts, options.method)
     if not found:
         raise ValueError("fit: every start diverged; check that losses are in nats and positive")
     objective, theta = found[0]
@@ -95,12 +91,12 @@ def fit(
     columns = names + ([f"rho[{name}]" for name in obs.formats] if with_rho else [])
     estimate = natural(law_object, theta, obs, with_rho)
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
     resamples = [bootstrap_rows(obs, rng) for _ in range(bootstrap)]
     warm = [theta] + ([runner_up[1]] if runner_up is not None else [])
-    task = Resampler(law_object, obs, delta, warm, method, with_rho)
+    task = Resampler(law_object, obs, delta, warm, options.method, with_rho)
     samples = np.empty((bootstrap, len(columns)))
-    for i, row in enumerate(map_in_processes(task, resamples, jobs, progress)):
+    for i, row in enumerate(map_in_processes(task, resamples, options.jobs, progress)):
         samples[i] = row
     ci = {}
     if bootstrap:
@@ -129,7 +125,7 @@ def fit(
         parts={name: [list(p) for p in value] for name, value in (parts or {}).items()},
         dense=dense,
     )
-    warnings = fit_warnings(values, ci, notes, runner_up, objective, unidentified_width)
+    warnings = fit_warnings(values, ci, notes, runner_up, objective, options.unidentified_width)
     return FitResult(
         fitted=fitted,
         ci=ci,

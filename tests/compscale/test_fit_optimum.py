@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from compscale import laws
+from compscale.laws import FitOptions
 from compscale.reduce import reduce
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +36,12 @@ def test_chinchilla_fit_finds_the_recorded_optimum():
     table = pd.read_csv(CHINCHILLA_CSV).sort_values("loss").iloc[:-5]
     params = table["Model Size"].to_numpy()
     tokens = table["Training FLOP"] / (6 * params)
-    result = laws.fit(params, tokens, table["loss"], bootstrap=0)
+    result = laws.fit(params, tokens, table["loss"], options=FitOptions(bootstrap=0))
     assert result.objective == pytest.approx(CHINCHILLA_OBJECTIVE, rel=1e-9)
 
 
 def test_cpu_mini_reduction_finds_the_recorded_optimum():
     results = cpu_mini_results()
     assert len(results) == 80
-    reduction = reduce(results, bootstrap=0)
+    reduction = reduce(results, FitOptions(bootstrap=0))
     assert reduction.metrics.objective == pytest.approx(CPU_MINI_OBJECTIVE, rel=1e-9)
