@@ -45,9 +45,11 @@ def fit_options(args: argparse.Namespace) -> FitOptions:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `fit` subcommand to the `compscale` parser."""
+    from compscale.table import column_options
+
     parser = subparsers.add_parser(
         "fit",
-        parents=[bootstrap_options()],
+        parents=[bootstrap_options(), column_options()],
         help="fit a scaling law (Chinchilla or unified with per-format rho) to a table of cells",
         description="Huber (delta 1e-3) fit of log loss through log-sum-exp, from a grid of "
         "starts, best kept; 95% CIs by bootstrapping cells. Columns: params (N), tokens (D), "
@@ -58,18 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--law", choices=("chinchilla", "unified", "unified-gmse"), default="chinchilla"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--params-col", default="params", help="column of N (parameters)")
-    parser.add_argument("--tokens-col", default="tokens", help="column of D (training tokens)")
     parser.add_argument(
         "--flops-col", default=None, help="column of training FLOP C; tokens are C / (6 N)"
     )
-    parser.add_argument(
-        "--loss-col",
-        default=None,
-        help="column of the loss (nats); default val_loss when present (as `reduce` uses), "
-        "else loss",
-    )
-    parser.add_argument("--format-col", default="format", help="column of the format string")
     parser.add_argument(
         "--gmse-col",
         default=None,
@@ -89,36 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _read_table(path: Path):
-    import pandas as pd
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise ValueError(f"{path}: unknown table type {path.suffix!r}; give a .csv or .parquet file")
-
-
-def _column(table, path: Path, name: str, flag: str):
-    if name not in table.columns:
-        raise ValueError(
-            f"{path}: no column {name!r} (columns: {', '.join(map(str, table.columns))}); "
-            f"name it with {flag}"
-        )
-    return table[name]
-
-
 def run(args: argparse.Namespace) -> int:
     from compscale import laws
+    from compscale.table import column, loss_column, read_table
 
     path = Path(args.table)
-    table = _read_table(path)
+    table = read_table(path)
     if table.empty:
         raise ValueError(f"{path}: no rows (only a header?); nothing to fit")
-    loss_col = args.loss_col or ("val_loss" if "val_loss" in table.columns else "loss")
-    loss_name = _column(table, path, loss_col, "--loss-col").name
+    loss_name = loss_column(table, path, args.loss_col).name
     if not 0 <= args.drop_highest_loss < len(table):
         raise ValueError(
             f"--drop-highest-loss: must be in [0, {len(table) - 1}] for {len(table)} rows, "
@@ -126,15 +98,15 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.drop_highest_loss:
         table = table.sort_values(loss_name).iloc[: -args.drop_highest_loss]
-    params = _column(table, path, args.params_col, "--params-col").to_numpy(dtype=float)
+    params = column(table, path, args.params_col, "--params-col").to_numpy(dtype=float)
     if args.flops_col:
-        tokens = _column(table, path, args.flops_col, "--flops-col").to_numpy(dtype=float)
+        tokens = column(table, path, args.flops_col, "--flops-col").to_numpy(dtype=float)
         tokens = tokens / (6 * params)
     else:
-        tokens = _column(table, path, args.tokens_col, "--tokens-col").to_numpy(dtype=float)
+        tokens = column(table, path, args.tokens_col, "--tokens-col").to_numpy(dtype=float)
     formats = None
     if args.law != "chinchilla" or args.format_col in table.columns:
-        formats = _column(table, path, args.format_col, "--format-col").astype(str).tolist()
+        formats = column(table, path, args.format_col, "--format-col").astype(str).tolist()
     parts = None
     if args.law == "unified-gmse" and args.gmse_col:
         parts = _parts_from_column(table, path, args, formats)
@@ -160,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
 def _parts_from_column(table, path: Path, args: argparse.Namespace, formats: list[str]) -> dict:
     """One part per format from the GMSE column; its family from the grammar when it parses."""
     from compscale.formats import parse
+    from compscale.table import column
 
-    values = _column(table, path, args.gmse_col, "--gmse-col")
+    values = column(table, path, args.gmse_col, "--gmse-col")
     by_format = values.groupby(table[args.format_col].astype(str)).first()
     parts = {}
     for name in sorted(set(formats) - {args.dense}):

@@ -23,17 +23,18 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `advise` and `next` to the `compscale` parser."""
     from compscale.cli_fit import bootstrap_options
+    from compscale.table import column_options
     from orchestrator.cli_sweep import store_parent
 
     fitting = argparse.ArgumentParser(add_help=False, parents=[store_parent(), bootstrap_options()])
 
     command = subparsers.add_parser(
         "advise",
-        parents=[fitting],
+        parents=[fitting, column_options()],
         help="best N, D and predicted loss per format within a memory / compute / data budget",
         description="Fits the unified law (with bootstrap) to a sweep's results or a table, then "
         "for every format finds the N and D of least predicted loss within the budget and ranks "
-        "the formats, with 95%% intervals from the bootstrap.",
+        "the formats, with 95% intervals from the bootstrap.",
     )
     command.add_argument("source", metavar="SOURCE", help="a sweep in the store, or a CSV/Parquet")
     command.add_argument("--memory-bytes", type=float, help="bytes of weights (N bits / 8)")
@@ -44,9 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="formats never trained, predicted by the capacity law from their parts",
     )  # fmt: skip
     command.add_argument("--json", action="store_true", help="print the rows as JSON")
-    for flag, default in (("params", "params"), ("tokens", "tokens"), ("format", "format")):
-        command.add_argument(f"--{flag}-col", default=default, help=f"table column of {flag}")
-    command.add_argument("--loss-col", default="val_loss", help="table column of the loss")
     command.set_defaults(func=advise_command)
 
     command = subparsers.add_parser(
@@ -88,18 +86,16 @@ def _fit(results: pd.DataFrame, args: argparse.Namespace) -> Ensemble:
 
 
 def _table_results(path: Path, args: argparse.Namespace) -> pd.DataFrame:
-    from compscale.cli_fit import _column, _read_table
+    from compscale.table import column, loss_column, read_table
 
-    table = _read_table(path)
+    table = read_table(path)
     columns = {
         "params": (args.params_col, "--params-col"),
         "tokens": (args.tokens_col, "--tokens-col"),
         "format": (args.format_col, "--format-col"),
-        "val_loss": (args.loss_col, "--loss-col"),
     }
-    return table.assign(
-        **{name: _column(table, path, column, flag) for name, (column, flag) in columns.items()}
-    )
+    named = {name: column(table, path, header, flag) for name, (header, flag) in columns.items()}
+    return table.assign(**named, val_loss=loss_column(table, path, args.loss_col))
 
 
 def advise_command(args: argparse.Namespace) -> int:
