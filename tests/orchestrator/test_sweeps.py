@@ -10,7 +10,7 @@ from orchestrator.cells import expand
 from orchestrator.spec import load_spec
 from workers.config import preset
 
-SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
@@ -99,7 +99,7 @@ def test_paper_scales_crosses_group_sizes_with_clipping():
 
 def test_readme_cost_table_matches_the_sweeps():
     """Cells, 6ND FLOPs and GPU-hours at the README's MFU assumption, per paper sweep."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in PAPER:
         cells = expand(load_spec(f"sweeps/{name}.yaml"))
         flops = sum(cell.flops for cell in cells)

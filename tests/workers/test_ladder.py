@@ -22,12 +22,12 @@ from workers.layout import Layout
 from workers.schedule import learning_rate
 from workers.sink import read_losses
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 COMPARED = ["step", "tokens", "train_loss", "val_loss", "lr", "grad_norm"]
 
 
 def test_committed_cells_still_hash_to_their_folder_names():
-    files = sorted(RESULTS.glob("*-store/cells/*/cell.json"))
+    files = sorted(RESULTS.glob("stores/*/cells/*/cell.json"))
     assert files
     for file in files:
         assert CellConfig.model_validate(json.loads(file.read_text())).cell_id == file.parent.name

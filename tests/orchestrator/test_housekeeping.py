@@ -16,7 +16,7 @@ from workers.cli import load_cell_file
 from workers.config import CellConfig, TrainConfig, preset
 from workers.ladder import trunk_id, with_horizon
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def two_sweeps(tmp_path) -> tuple[Store, list[str]]:

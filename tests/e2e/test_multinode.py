@@ -29,7 +29,7 @@ import pytest
 
 from orchestrator.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -217,7 +217,7 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
     so two nodes started together can pick the same one and one raylet dies at start ("bind:
     Address already in use"); losing the other node then leaves no CPU, and the sweep waits.
     """
-    from test_cli import environment, free_port, kill_session
+    from helpers import environment, free_port, kill_session
 
     auth, head_line, worker_line = readme_cluster_lines()[:3]
     root = Path(tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp"))  # short: socket paths are limited
@@ -295,7 +295,7 @@ max_in_flight: 2
 
 
 def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_processes, tmp_path):
-    from test_cli import COMPSCALE, DOUBLE, compscale, kill_session
+    from helpers import COMPSCALE, DOUBLE, compscale, kill_session
 
     cluster = ray_processes
     node_a, node_b = cluster.node_ids["node_a"], cluster.node_ids["node_b"]
@@ -357,8 +357,8 @@ def test_the_readme_cluster_commands_run_a_sweep_into_s3_and_rerun_its_failed_ce
     """The README's second cluster block, line by line, from this checkout (`--working-dir .`):
     placeholders filled in, `sweeps/smoke.yaml` for the paper sweep, the stand-in cell function,
     whose one failing cell is fixed between `query` and `rerun --failed`."""
+    from helpers import DOUBLE, ray_job_submit
     from s3 import moto_s3, unique_prefix
-    from test_cli import DOUBLE, ray_job_submit
 
     from orchestrator.cells import expand
     from orchestrator.spec import load_spec
