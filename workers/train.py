@@ -15,6 +15,7 @@ import contextlib
 import math
 import platform
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow.compute as pc
@@ -29,7 +30,7 @@ from workers import checkpoint, data, storage
 from workers.compressed_linear import linear_factory, mask_update, update_masks
 from workers.config import CellConfig, TrainConfig
 from workers.distributed import Runtime, close_runtime, init_runtime
-from workers.ladder import Ladder
+from workers.ladder import Ladder, fork_step, trunk_id, trunk_key
 from workers.layout import Layout, resolve
 from workers.model import Transformer
 from workers.schedule import cooldown_start, horizon, learning_rate, total_steps
@@ -83,6 +84,21 @@ def run_cell(
         return train(cell, store_uri, runtime, attempt, ladder)
     finally:
         close_runtime(runtime)
+
+
+def run_ladder(cells: Sequence[CellConfig], store_uri: str) -> list[dict[str, Any]]:
+    """Train the cells' shared trunk (resuming from its newest checkpoint; skipped when every
+    fork checkpoint exists), then each budget's cooldown from its fork, one after another in this
+    process (the driver runs the same parts as Ray tasks). Returns the budgets' results."""
+    ladder = sorted(cells, key=lambda c: c.tokens)
+    keys = {trunk_key(cell) for cell in ladder}
+    if len(keys) != 1 or any(cell.train.schedule != "wsd" for cell in ladder):
+        raise ValueError("a ladder is WSD cells that differ only in their token budget")
+    trunk = trunk_id(ladder[0])
+    forks = tuple(sorted({fork_step(cell) for cell in ladder}))
+    if not set(forks) <= set(checkpoint.trunk_steps(store_uri, trunk)):
+        run_cell(ladder[-1], store_uri, ladder=Ladder(trunk, forks))
+    return [run_cell(cell, store_uri, ladder=Ladder(trunk)) for cell in ladder]
 
 
 def build_model(cell: CellConfig, device: torch.device) -> Transformer:
