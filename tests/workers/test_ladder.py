@@ -14,13 +14,13 @@ from workers.ladder import (
     ladder_savings,
     ladder_tokens,
     ladders,
-    run_ladder,
     trunk_id,
     with_horizon,
 )
 from workers.layout import Layout
 from workers.schedule import learning_rate
 from workers.sink import read_losses
+from workers.train import run_ladder
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 COMPARED = ["step", "tokens", "train_loss", "val_loss", "lr", "grad_norm"]
