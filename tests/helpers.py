@@ -1,9 +1,11 @@
-"""Helpers shared by test modules: paths, the `compscale` command as a user runs it, and
-synthetic result tables and stores from laws of known parameters."""
+"""Helpers shared by test modules: paths, the `compscale` command as a user runs it, the code
+blocks of the README and docs pages, and synthetic result tables and stores from laws of known
+parameters."""
 
 import contextlib
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -100,6 +102,21 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 REPO = Path(__file__).resolve().parent.parent  # tests/ -> the repository
+
+
+def doc_text(page: str) -> str:
+    """The text of `README.md` (page "README.md") or of `docs/<page>`."""
+    return (REPO / page if page == "README.md" else REPO / "docs" / page).read_text()
+
+
+def doc_block(page: str, contains: str, lang: str = "bash") -> str:
+    """The one fenced block of language `lang` in `page` (as `doc_text` names it) that contains
+    `contains`, without its fences. The marker names the block, so a block that moves to another
+    page is one argument to change here; none or two matching is an error."""
+    blocks = re.findall(rf"^```{re.escape(lang)}\n(.*?)^```", doc_text(page), re.M | re.S)
+    found = [block for block in blocks if contains in block]
+    assert len(found) == 1, f"{len(found)} {lang} blocks of {page} contain {contains!r}"
+    return found[0]
 
 
 COMPSCALE = str(Path(sys.executable).parent / "compscale")

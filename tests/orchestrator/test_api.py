@@ -3,16 +3,12 @@ DataFrames and the reduction whose fitted law predicts; importing compscale load
 orchestrator.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TRUE_RHO, fill_store
+from helpers import TRUE_RHO, doc_block, fill_store
 
 from orchestrator.store import Store
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_open_store_reads_sweeps_results_losses_and_fits_the_law(tmp_path):
@@ -40,8 +36,7 @@ def test_open_store_reads_sweeps_results_losses_and_fits_the_law(tmp_path):
 def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
     from compscale.reduce import reduce
 
-    readme = (REPO / "README.md").read_text()
-    (example,) = [block for block in readme.split("```python\n")[1:] if "open_store" in block]
+    example = doc_block("README.md", "open_store", "python")
     store = Store(tmp_path / "store")
     fill_store(store, "smoke")
     reduction = reduce(store.results("smoke"), bootstrap=0)  # stored: the example reads it
@@ -49,6 +44,6 @@ def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("COMPSCALE_STORE", raising=False)
     namespace: dict = {}
-    exec(example.split("```")[0], namespace)
+    exec(example, namespace)
     assert len(namespace["results"]) == 60
     assert namespace["law"].predict([2e5], [4e6], ["int4"])[0] > 1.2
