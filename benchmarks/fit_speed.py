@@ -142,7 +142,7 @@ def end_to_end() -> None:
     begin = time.perf_counter()
     unscaled_polish(problem, start)
     refine = time.perf_counter() - begin
-    store = Path(__file__).resolve().parent.parent / "docs" / "results" / "cpu-mini-store"
+    store = Path(__file__).resolve().parent.parent / "docs" / "results" / "stores" / "cpu-mini"
     cpu_mini = Store(store).results("cpu-mini")
     smoke = synthetic_results({"dense": 1.0, "int4": 0.85, "sp50": 0.75}, (1e5, 3e5), (10, 30))
     gmse = {"int4": 0.0115, "sp50": 0.0714}.get

@@ -1,5 +1,5 @@
 """Width of the rho intervals, plain vs paired unified fit: synthetic cells with a known shared
-per-(N, D, seed) noise component (tests/test_paired.py's), and the committed cpu-mini store
+per-(N, D, seed) noise component (tests/compscale/test_paired.py's), and the committed cpu-mini store
 (read only; its compressed formats have one seed, so pairing can only use the dense pairs).
 
     PYTHONPATH=. python benchmarks/paired_seeds.py [--bootstrap 100]
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", type=int, default=100)
     args = parser.parse_args()
-    store = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-mini-store"
+    store = Path(__file__).resolve().parents[1] / "docs" / "results" / "stores" / "cpu-mini"
     sources = {"synthetic (shared noise sd 0.02, own 0.002)": shared_noise_cells()}
     sources["cpu-mini store"] = Store(str(store)).results("cpu-mini")
     for title, cells in sources.items():

@@ -16,7 +16,8 @@ import torch
 
 from workers import run_cell
 from workers.config import CellConfig, TrainConfig, preset
-from workers.ladder import ladder_savings, run_ladder, with_horizon
+from workers.ladder import ladder_savings, with_horizon
+from workers.train import run_ladder
 
 
 def main() -> None:

@@ -297,7 +297,7 @@ def loopback_only() -> Iterator[None]:
     network. It keeps loopback only where multi-node clusters are off, its mode on macOS and
     Windows (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), a setting read once at import: so it is set
     on the imported module for this block, and the processes started in it get 127.0.0.1 on their
-    command lines. tests/test_loopback.py lists the sockets to hold Ray to it.
+    command lines. tests/orchestrator/test_loopback.py lists the sockets to hold Ray to it.
     """
     from ray._private import ray_constants
 

@@ -1,7 +1,6 @@
 """Shared test fixtures."""
 
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,8 +39,9 @@ def ray_local():
 
 def readme_main_command() -> str:
     """The first shell line of the README, minus its setup step (the tests already run in it)."""
-    readme = (REPO / "README.md").read_text()
-    first = re.search(r"```bash\n(.+?)\n", readme).group(1)
+    from helpers import doc_block
+
+    first = doc_block("README.md", "compscale submit sweeps/smoke.yaml").splitlines()[0]
     command = first.split("#")[0].strip()
     assert command.startswith("scripts/setup.sh && "), command
     return command.removeprefix("scripts/setup.sh && ").replace(".venv/bin/", f"{BIN}/")

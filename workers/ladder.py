@@ -6,6 +6,7 @@ and per-step seeds are pure functions of (seed, step). So the budgets' runs agre
 up to each one's cooldown start: the trunk is trained once, to the last fork step, with a kept
 checkpoint at every fork, and each budget's cell is a branch that runs only its cooldown. Each
 budget stays its own cell with its own id, loss rows (the trunk's, then its own) and result.
+This module plans ladders and imports no torch; `workers.train.run_ladder` trains one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any
 
 from workers.config import CellConfig
 from workers.schedule import cooldown_start, total_steps
@@ -121,20 +121,3 @@ def with_horizon(cells: Sequence[CellConfig]) -> list[CellConfig]:
 
 def _needs_horizon(cell: CellConfig) -> bool:
     return cell.train.schedule == "wsd" and cell.train.horizon_steps == 0
-
-
-def run_ladder(cells: Sequence[CellConfig], store_uri: str) -> list[dict[str, Any]]:
-    """Train the cells' shared trunk (resuming from its newest checkpoint; skipped when every
-    fork checkpoint exists), then each budget's cooldown from its fork. Returns the results."""
-    from workers import checkpoint  # torch: imported only where cells are trained
-    from workers.train import run_cell
-
-    ladder = sorted(cells, key=lambda c: c.tokens)
-    keys = {trunk_key(cell) for cell in ladder}
-    if len(keys) != 1 or any(cell.train.schedule != "wsd" for cell in ladder):
-        raise ValueError("a ladder is WSD cells that differ only in their token budget")
-    trunk = trunk_id(ladder[0])
-    forks = tuple(sorted({fork_step(cell) for cell in ladder}))
-    if not set(forks) <= set(checkpoint.trunk_steps(store_uri, trunk)):
-        run_cell(ladder[-1], store_uri, ladder=Ladder(trunk, forks))
-    return [run_cell(cell, store_uri, ladder=Ladder(trunk)) for cell in ladder]

@@ -1,12 +1,13 @@
 """Train one cell: a compressed Llama-style decoder for D tokens; the result is the final val loss.
 
-The loop reads top to bottom: build the model over the cell's representation, resume from the
-latest checkpoint if there is one, then for each step: mask schedule, learning rate, this rank's
-slice of the global batch (a pure function of seed and step), gradient accumulation, clipping,
-AdamW, a loss row, and a checkpoint every `checkpoint_every` steps. Rank 0 writes rows and
-checkpoints. A loss that stops being finite raises `Diverged`, found without a device sync per
-step (`_DivergenceWatch`, read every `DIVERGENCE_CHECK_EVERY` steps, at evaluations, before a
-checkpoint and at the end).
+`train` reads top to bottom, as nanoGPT's loop does: build the model over the cell's
+representation, restore the run's checkpoint if there is one, open the loss sink, then for each
+step: the step's seed, mask schedule and learning rate, this rank's slice of the global batch (a
+pure function of seed and step), one optimizer step (`Learner`: gradient accumulation, clipping,
+AdamW), a loss row, a divergence check now and then and a checkpoint when one is due; last, the
+result row. Rank 0 writes rows and checkpoints. What differs between a cell and a WSD ladder's
+trunk segment or branch (where it starts, stops and writes) is `workers.segment`; a loss that
+stops being finite raises `Diverged` (`workers.divergence`).
 """
 
 from __future__ import annotations
@@ -15,56 +16,26 @@ import contextlib
 import math
 import platform
 import time
+from collections.abc import Sequence
 from typing import Any
 
-import pyarrow.compute as pc
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from compscale.formats import parse
-from workers import checkpoint, data, storage
+from compscale.formats import Format, parse
+from workers import checkpoint, data
 from workers.compressed_linear import linear_factory, mask_update, update_masks
 from workers.config import CellConfig, TrainConfig
 from workers.distributed import Runtime, close_runtime, init_runtime
-from workers.ladder import Ladder
-from workers.layout import Layout, resolve
+from workers.divergence import DIVERGENCE_CHECK_EVERY, Diverged, DivergenceWatch
+from workers.ladder import Ladder, fork_step, trunk_id, trunk_key
 from workers.model import Transformer
-from workers.schedule import cooldown_start, horizon, learning_rate, total_steps
-from workers.schema import LOSS_SCHEMA
-from workers.sink import LossSink, read_losses
-from workers.trackers import open_trackers
-
-DIVERGENCE_CHECK_EVERY = 50  # steps between reads of the non-finite-loss flag (one sync each)
-
-
-class Diverged(ValueError):
-    """The training or validation loss stopped being finite: the cell fails (`error_class`
-    Diverged, the step in the message) instead of storing a NaN result. The same config diverges
-    again, so it is a value to change (a learning rate, most often)."""
-
-
-class _DivergenceWatch:
-    """The first step whose training loss is not finite, kept on the device: marking a step
-    costs no host sync; `error` reads it (one sync) only when the loop asks."""
-
-    def __init__(self, device: torch.device):
-        self.first_step = torch.full((), -1, dtype=torch.int64, device=device)
-        self.loss = torch.zeros((), device=device)
-
-    def mark(self, step: int, loss: torch.Tensor) -> None:
-        new = (self.first_step < 0) & ~torch.isfinite(loss)
-        self.first_step = torch.where(new, step, self.first_step)
-        self.loss = torch.where(new, loss, self.loss)
-
-    def error(self, step: int, val_loss: float | None) -> Diverged | None:
-        if (first := int(self.first_step)) >= 0:
-            return Diverged(f"training loss became {float(self.loss)} at step {first}")
-        if val_loss is not None and not math.isfinite(val_loss):
-            return Diverged(f"validation loss became {val_loss} at step {step}")
-        return None
+from workers.schedule import horizon, learning_rate, total_steps
+from workers.segment import Segment
 
 
 def run_cell(
@@ -74,15 +45,31 @@ def run_cell(
     ladder: Ladder | None = None,
 ) -> dict[str, Any]:
     """Train `cell` as attempt `attempt` (resuming from its latest checkpoint in the store) and
-    return its result row. The caller that starts the attempt numbers it (the driver's task
-    wrapper); None means "the cell's next attempt" (`storage.next_attempt`), for runs outside the
-    orchestrator."""
+    return its result row; with `ladder`, train its part of a WSD ladder (`workers.segment`:
+    a trunk segment returns its id and steps instead). The caller that starts the attempt
+    numbers it (the driver's task wrapper); None means "the cell's next attempt"
+    (`storage.next_attempt`), for runs outside the orchestrator."""
     cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
     runtime = init_runtime(cell.world_size)
     try:
         return train(cell, store_uri, runtime, attempt, ladder)
     finally:
         close_runtime(runtime)
+
+
+def run_ladder(cells: Sequence[CellConfig], store_uri: str) -> list[dict[str, Any]]:
+    """Train the cells' shared trunk (resuming from its newest checkpoint; skipped when every
+    fork checkpoint exists), then each budget's cooldown from its fork, one after another in this
+    process (the driver runs the same parts as Ray tasks). Returns the budgets' results."""
+    ladder = sorted(cells, key=lambda c: c.tokens)
+    keys = {trunk_key(cell) for cell in ladder}
+    if len(keys) != 1 or any(cell.train.schedule != "wsd" for cell in ladder):
+        raise ValueError("a ladder is WSD cells that differ only in their token budget")
+    trunk = trunk_id(ladder[0])
+    forks = tuple(sorted({fork_step(cell) for cell in ladder}))
+    if not set(forks) <= set(checkpoint.trunk_steps(store_uri, trunk)):
+        run_cell(ladder[-1], store_uri, ladder=Ladder(trunk, forks))
+    return [run_cell(cell, store_uri, ladder=Ladder(trunk)) for cell in ladder]
 
 
 def build_model(cell: CellConfig, device: torch.device) -> Transformer:
@@ -178,23 +165,133 @@ def evaluate(
     return (totals[0] / totals[1]).item()
 
 
-def _start_state(
+def load_source(cell: CellConfig) -> data.TokenSource:
+    """The cell's token shards, whose vocabulary must fit the model's."""
+    source = data.load_tokens(cell.data)
+    if source.vocab_size > cell.model.vocab_size:
+        raise ValueError(
+            f"data vocabulary {source.vocab_size} exceeds model vocab_size={cell.model.vocab_size}"
+        )
+    return source
+
+
+def restore(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict | None) -> int:
+    """Load a checkpoint's model and optimizer state; returns the steps it had completed (0 for
+    no checkpoint)."""
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["steps"]
+
+
+def apply_schedule(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
     cell: CellConfig,
-    store_uri: str,
-    runtime: Runtime,
-    ladder: Ladder | None,
-) -> dict[str, Any] | None:
-    """The run's own latest checkpoint: the cell's, or a trunk's newest up to its last fork."""
-    if ladder is None or not ladder.forks:
-        return checkpoint.load_latest(store_uri, cell.cell_id, runtime.device)
-    steps = [
-        s for s in checkpoint.trunk_steps(store_uri, ladder.trunk_id) if s <= max(ladder.forks)
-    ]
-    return (
-        checkpoint.load_trunk(store_uri, ladder.trunk_id, steps[-1], runtime.device)
-        if steps
-        else None
+    fmt: Format,
+    step: int,
+    total_steps: int,
+) -> float:
+    """Set the sparsity masks and the learning rate of `step`; returns the rate."""
+    config = cell.train
+    sparsity = mask_update(
+        step,
+        horizon(total_steps, config),
+        fmt.sparsity,
+        config.sparsity_ramp_fraction,
+        every_step=fmt.refreshes_mask,
     )
+    if sparsity is not None:
+        update_masks(model, sparsity)
+    lr = learning_rate(step, total_steps, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def result_row(
+    cell: CellConfig,
+    runtime: Runtime,
+    source: data.TokenSource,
+    val_loss: float | None,
+    train_loss: float,
+    wall_time_s: float,
+    tokens_per_s: float,
+) -> dict[str, Any]:
+    """The cell's result (RESULT_SCHEMA less the sink's columns): the final losses, the run's
+    wall time and the training rate of this attempt's own steps."""
+    return {
+        "cell_id": cell.cell_id,
+        "model": cell.model_label,
+        "params": cell.params,
+        "tokens": cell.tokens,
+        "format": cell.format,
+        "seed": cell.seed,
+        "val_loss": val_loss,
+        "train_loss": train_loss,
+        "steps": total_steps(cell),
+        "wall_time_s": wall_time_s,
+        "tokens_per_s": tokens_per_s,
+        "hardware": hardware_label(runtime),
+        "world_size": runtime.world_size,
+        "data_fingerprint": source.fingerprint,
+    }
+
+
+class Learner:
+    """One rank's model and AdamW, and how a step trains them: the rank's windows in
+    micro-batches (under DDP, gradients are synchronised on the last one only), then clipping
+    and the optimizer step. `forward` is the model under DDP and `torch.compile` where those
+    are on; `model` stays the bare one (masks, evaluation, checkpoints)."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        optimizer: torch.optim.AdamW,
+        cell: CellConfig,
+        runtime: Runtime,
+        micro_batch: int,
+        accumulation: int,
+    ):
+        self.model, self.optimizer, self.runtime = model, optimizer, runtime
+        self.ddp: nn.Module = model
+        if runtime.world_size > 1:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(
+                model, device_ids=device_ids, broadcast_buffers=False
+            )
+        self.forward = torch.compile(self.ddp) if cell.train.compile else self.ddp
+        self.parameters = list(model.parameters())
+        self.grad_clip = cell.train.grad_clip or math.inf
+        self.dtype = autocast_dtype(cell.train, runtime.device)
+        self.micro_batch, self.accumulation = micro_batch, accumulation
+
+    def step(self, windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over `windows`; returns (the training loss averaged over all
+        ranks, the gradient norm before clipping), both 0-d tensors left on the device."""
+        device = self.runtime.device
+        train_loss = torch.zeros((), device=device)
+        for index, chunk in enumerate(torch.from_numpy(windows).to(device).split(self.micro_batch)):
+            last_micro = index == self.accumulation - 1
+            no_sync = (
+                self.ddp.no_sync()
+                if self.ddp is not self.model and not last_micro
+                else contextlib.nullcontext()
+            )
+            with no_sync:
+                with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    logits = self.forward(chunk[:, :-1])
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), chunk[:, 1:].flatten())
+                (loss / self.accumulation).backward()
+            train_loss += loss.detach() / self.accumulation
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.runtime.world_size > 1:
+            dist.all_reduce(train_loss)
+            train_loss /= self.runtime.world_size
+        return train_loss, grad_norm
 
 
 def train(
@@ -204,113 +301,46 @@ def train(
     attempt: int | None = None,
     ladder: Ladder | None = None,
 ) -> dict[str, Any]:
-    """The training loop of one cell on one rank; returns the result row (on every rank), or
-    for a trunk its id and steps."""
+    """The training loop of one cell, or of its `ladder` part, on one rank; returns the result
+    row (on every rank), or for a trunk segment its id and steps."""
     started = time.perf_counter()
-    config, seq_len = cell.train, cell.model.seq_len
-    fmt = parse(cell.format)
-    source = data.load_tokens(cell.data)
-    if source.vocab_size > cell.model.vocab_size:
-        raise ValueError(
-            f"data vocabulary {source.vocab_size} exceeds model vocab_size={cell.model.vocab_size}"
-        )
+    config, fmt = cell.train, parse(cell.format)
+    source = load_source(cell)
     total_steps, micro_batch, accumulation = plan_steps(cell, runtime.world_size)
-    trunk = ladder is not None and bool(ladder.forks)
-    stop = max(ladder.forks) if trunk else total_steps
-    tokens_per_step = config.batch_size * seq_len
-    dtype = autocast_dtype(config, runtime.device)
+    tokens_per_step = config.batch_size * cell.model.seq_len
+    segment = Segment(cell, store_uri, ladder)
 
     model = build_model(cell, runtime.device)
     optimizer = make_optimizer(model, config, runtime.device)
-    parameters = list(model.parameters())
-    state, forked = _start_state(cell, store_uri, runtime, ladder), False
-    if state is None and ladder is not None and not trunk:
-        fork = cooldown_start(total_steps, config)
-        state = checkpoint.load_trunk(store_uri, ladder.trunk_id, fork, runtime.device)
-        if state is None:
-            raise FileNotFoundError(f"trunk {ladder.trunk_id} has no checkpoint at step {fork}")
-        forked = True
-    start_step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = state["steps"]
-
-    ddp = model
-    if runtime.world_size > 1:
-        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        ddp = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
-    forward = torch.compile(ddp) if config.compile else ddp
-
-    sink = None
-    if runtime.is_main:
-        location = resolve(store_uri)
-        layout = Layout(location.root)
-        paths = layout.trunk(ladder.trunk_id) if trunk else layout.cell(cell.cell_id)
-        if not trunk:
-            storage.write_cell_config(location.filesystem, layout, cell)
-        if attempt is None or trunk:
-            attempt = storage.next_attempt(location.filesystem, paths)
-        trackers = None if trunk else open_trackers(cell, store_uri, attempt, start_step)
-        sink = LossSink(store_uri, cell.cell_id, attempt, paths=paths, trackers=trackers)
-        if forked:  # the trunk's rows are this cell's first steps
-            trunk_rows = read_losses(store_uri, "", paths=layout.trunk(ladder.trunk_id))
-            for row in trunk_rows.filter(pc.less(trunk_rows["step"], start_step)).to_pylist():
-                sink.append(**{name: row[name] for name in LOSS_SCHEMA.names[2:]})
+    start = segment.start(runtime.device)
+    start_step = restore(model, optimizer, start.state)
+    learner = Learner(model, optimizer, cell, runtime, micro_batch, accumulation)
+    sink = segment.open_sink(attempt, start_step, start.forked) if runtime.is_main else None
 
     loop_started = previous = time.perf_counter()
     val_loss = None
-    watch = _DivergenceWatch(runtime.device)
-    for step in range(start_step, stop):
+    watch = DivergenceWatch(runtime.device)
+    for step in range(start_step, segment.stop):
         torch.manual_seed(step_seed(cell.seed, step))
-        sparsity = mask_update(
-            step,
-            horizon(total_steps, config),
-            fmt.sparsity,
-            config.sparsity_ramp_fraction,
-            every_step=fmt.refreshes_mask,
-        )
-        if sparsity is not None:
-            update_masks(model, sparsity)
-        lr = learning_rate(step, total_steps, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
+        lr = apply_schedule(model, optimizer, cell, fmt, step, total_steps)
         windows = data.batch_windows(
             source.train,
             seed=cell.seed,
             step=step,
             batch_size=config.batch_size,
-            seq_len=seq_len,
+            seq_len=cell.model.seq_len,
             rank=runtime.rank,
             world_size=runtime.world_size,
         )
-        train_loss = torch.zeros((), device=runtime.device)
-        for index, chunk in enumerate(
-            torch.from_numpy(windows).to(runtime.device).split(micro_batch)
-        ):
-            last_micro = index == accumulation - 1
-            no_sync = (
-                ddp.no_sync() if ddp is not model and not last_micro else contextlib.nullcontext()
-            )
-            with no_sync:
-                with torch.autocast(runtime.device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = forward(chunk[:, :-1])
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), chunk[:, 1:].flatten())
-                (loss / accumulation).backward()
-            train_loss += loss.detach() / accumulation
-        grad_norm = nn.utils.clip_grad_norm_(parameters, config.grad_clip or math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if runtime.world_size > 1:
-            dist.all_reduce(train_loss)
-            train_loss /= runtime.world_size
+        train_loss, grad_norm = learner.step(windows)
         watch.mark(step, train_loss)  # the same on every rank, so every rank stops together
 
         done = step + 1
         evaluated = done == total_steps or bool(config.eval_every and done % config.eval_every == 0)
         step_val_loss = (
-            evaluate(model, source, cell, runtime, micro_batch, dtype) if evaluated else None
+            evaluate(model, source, cell, runtime, micro_batch, learner.dtype)
+            if evaluated
+            else None
         )
         val_loss = step_val_loss if evaluated else val_loss
         now = time.perf_counter()
@@ -326,43 +356,32 @@ def train(
                 wall_time_s=now - started,
             )
         previous = now
-        due = config.checkpoint_every and done % config.checkpoint_every == 0 and done < stop
-        due = due or (trunk and done in ladder.forks)
-        checked = evaluated or due or done % DIVERGENCE_CHECK_EVERY == 0  # the end is evaluated
-        if checked and (error := watch.error(step, step_val_loss)) is not None:
-            if sink is not None:
-                sink.flush()  # the rows up to the divergence are its evidence
-            raise error
+        due = segment.checkpoint_due(done)
+        if evaluated or due or done % DIVERGENCE_CHECK_EVERY == 0:  # the end is evaluated
+            try:
+                watch.check(step, step_val_loss)
+            except Diverged:
+                if sink is not None:
+                    sink.flush()  # the rows up to the divergence are its evidence
+                raise
         if due and runtime.is_main:
             sink.flush()  # rows up to a checkpoint are durable, so a resumed run leaves no gap
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-            if trunk:
-                checkpoint.save_trunk(store_uri, ladder.trunk_id, done, state)
-            else:
-                checkpoint.save(store_uri, cell.cell_id, done, state)
+            segment.save(done, {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
 
-    if trunk:
+    if segment.is_trunk:
         if sink is not None:
             sink.flush()
-        return {"trunk_id": ladder.trunk_id, "steps": stop}
-    trained_steps = total_steps - start_step
+        return {"trunk_id": ladder.trunk_id, "steps": segment.stop}
     train_seconds = time.perf_counter() - loop_started
-    result = {
-        "cell_id": cell.cell_id,
-        "model": cell.model_label,
-        "params": cell.params,
-        "tokens": cell.tokens,
-        "format": cell.format,
-        "seed": cell.seed,
-        "val_loss": val_loss,
-        "train_loss": float(train_loss),
-        "steps": total_steps,
-        "wall_time_s": time.perf_counter() - started,
-        "tokens_per_s": trained_steps * tokens_per_step / max(train_seconds, 1e-9),
-        "hardware": hardware_label(runtime),
-        "world_size": runtime.world_size,
-        "data_fingerprint": source.fingerprint,
-    }
+    result = result_row(
+        cell,
+        runtime,
+        source,
+        val_loss=val_loss,
+        train_loss=float(train_loss),
+        wall_time_s=time.perf_counter() - started,
+        tokens_per_s=(total_steps - start_step) * tokens_per_step / max(train_seconds, 1e-9),
+    )
     if sink is not None:
         sink.write_result(result)
         result["attempt"] = sink.attempt

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.cli import main
 
-CHINCHILLA_CSV = Path(__file__).parent / "data" / "chinchilla_svg_extracted.csv"
+CHINCHILLA_CSV = Path(__file__).resolve().parents[1] / "data" / "chinchilla_svg_extracted.csv"
 CHINCHILLA_FLAGS = ["--params-col", "Model Size", "--flops-col", "Training FLOP"]
 
 

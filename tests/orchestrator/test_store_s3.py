@@ -9,9 +9,8 @@ import time
 
 import boto3
 import pytest
+from helpers import COMPSCALE, DOUBLE, compscale, environment, fill_store, kill_session, write_spec
 from s3 import moto_s3, unique_prefix
-from test_cli import COMPSCALE, DOUBLE, compscale, environment, kill_session, write_spec
-from test_cli_report import fill_store
 
 from orchestrator.cli import main
 from orchestrator.store import Store

@@ -1,14 +1,14 @@
 """Sweep housekeeping: `sweeps` lists them, `delete` removes one sweep and only its own cells (and
-refuses without --yes), `rerun --detach` starts the same rerun in the background, the README's
+refuses without --yes), `rerun --detach` starts the same rerun in the background, docs/cli.md's
 cell file parses, Ray's token-auth warning becomes one line of ours, and `fit --help` reads."""
 
 import logging
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import doc_block
 
 from orchestrator.cli import main
 from orchestrator.store import Store
@@ -16,7 +16,7 @@ from workers.cli import load_cell_file
 from workers.config import CellConfig, TrainConfig, preset
 from workers.ladder import trunk_id, with_horizon
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def two_sweeps(tmp_path) -> tuple[Store, list[str]]:
@@ -85,9 +85,8 @@ def test_rerun_detach_starts_the_same_rerun_in_the_background(tmp_path, capsys, 
     assert main(["rerun", "nope", "--failed", "--detach", "--store", store.uri]) == 2
 
 
-def test_the_readme_cell_file_parses(tmp_path):
-    readme = (REPO / "README.md").read_text()
-    (example,) = re.findall(r"```yaml\n(# cell\.yaml.*?)```", readme, re.DOTALL)
+def test_the_documented_cell_file_parses(tmp_path):
+    example = doc_block("cli.md", "# cell.yaml", "yaml")
     path = tmp_path / "cell.yaml"
     path.write_text(example)
     cell = load_cell_file(path)

@@ -4,45 +4,12 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from helpers import TRUE_RHO, fill_store, parquet_bytes
 
 from orchestrator.cli import main
 from orchestrator.store import RESULT_SCHEMA, Store
-
-TRUE_RHO = {"dense": 1.0, "int4": 0.9, "int2": 0.55, "sp50": 0.8, "sp50+int4": 0.72}
-
-
-def fill_store(store: Store, sweep: str) -> None:
-    """One result row per cell of a 5-format x 4-N x 3-D grid, losses from the unified law."""
-    rng = np.random.default_rng(0)
-    cell_ids = []
-    for fmt, rho in TRUE_RHO.items():
-        for params in (5e4, 1e5, 2e5, 4e5):
-            for tokens_per_param in (10, 20, 40):
-                tokens = params * tokens_per_param
-                loss = 40 * (params * rho) ** -0.3 + 60 * tokens**-0.25 + 1.2
-                cell_id = f"{fmt}-{int(params)}-{tokens_per_param}"
-                row = {
-                    "cell_id": cell_id, "model": "x", "params": int(params),
-                    "tokens": int(tokens), "format": fmt, "seed": 0,
-                    "val_loss": loss * np.exp(rng.normal(0, 0.002)), "train_loss": loss,
-                    "steps": 10, "wall_time_s": 1.0, "tokens_per_s": 1.0, "hardware": "test",
-                    "world_size": 1, "attempt": 1, "data_fingerprint": "f",
-                    "finished_at": datetime.now(timezone.utc),
-                }  # fmt: skip
-                table = pa.Table.from_pylist([row], schema=RESULT_SCHEMA)
-                store.write_atomic(store.layout.cell(cell_id).result, parquet_bytes(table))
-                cell_ids.append(cell_id)
-    store.put_sweep(sweep, "name: synthetic\n", cell_ids)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
 
 
 def store_dir(store: Store) -> Path:

@@ -14,20 +14,20 @@ from workers.ladder import (
     ladder_savings,
     ladder_tokens,
     ladders,
-    run_ladder,
     trunk_id,
     with_horizon,
 )
 from workers.layout import Layout
 from workers.schedule import learning_rate
 from workers.sink import read_losses
+from workers.train import run_ladder
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 COMPARED = ["step", "tokens", "train_loss", "val_loss", "lr", "grad_norm"]
 
 
 def test_committed_cells_still_hash_to_their_folder_names():
-    files = sorted(RESULTS.glob("*-store/cells/*/cell.json"))
+    files = sorted(RESULTS.glob("stores/*/cells/*/cell.json"))
     assert files
     for file in files:
         assert CellConfig.model_validate(json.loads(file.read_text())).cell_id == file.parent.name

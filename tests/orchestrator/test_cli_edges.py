@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_cli import REPO, kill_session, write_spec
+from helpers import REPO, kill_session, write_spec
 
 from orchestrator.cli import main
 from orchestrator.store import RESULT_SCHEMA, Store

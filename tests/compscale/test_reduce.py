@@ -7,38 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import GMSE, LAW, TRUTH, capacities, metrics, sweep
 
 from compscale import capacity, laws
 from compscale.laws import FitOptions
 from compscale.reduce import TABLES, Reduction, ReductionMetrics, reduce
-
-TRUTH = {"A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28, "E": 1.69}
-LAW = {"cap": 0.97, "slope": 0.5, "power": 1.6}
-GMSE = {"int2": 0.1188, "int3": 0.0374, "int4": 0.01154, "int8": 8.8e-5, "sp50": 0.0714}
-
-
-def sweep(rho: dict[str, float], seeds=(0, 1), noise: float = 0.005) -> pd.DataFrame:
-    """Result rows as the store's results view has them: one per cell, loss from TRUTH."""
-    rng = np.random.default_rng(7)
-    rows = []
-    for name, value in rho.items():
-        for params in (1e6, 3e6, 1e7, 3e7, 1e8):
-            for tokens_per_param in (10, 30, 100):
-                tokens = int(params * tokens_per_param)
-                loss = (
-                    TRUTH["A"] * (params * value) ** -TRUTH["alpha"]
-                    + TRUTH["B"] * tokens ** -TRUTH["beta"]
-                    + TRUTH["E"]
-                )
-                for seed in seeds:
-                    noisy = loss * math.exp(rng.normal(0, noise))
-                    rows.append((int(params), tokens, name, seed, noisy))
-    return pd.DataFrame(rows, columns=["params", "tokens", "format", "seed", "val_loss"])
-
-
-def capacities(composite_factor: float) -> dict[str, float]:
-    rho = {"dense": 1.0} | {name: float(capacity.capacity(g, **LAW)) for name, g in GMSE.items()}
-    return rho | {"sp50+int4": rho["sp50"] * rho["int4"] * composite_factor}
 
 
 @pytest.fixture(scope="module")
@@ -163,18 +136,6 @@ def test_missing_columns_and_missing_dense_fail_clearly():
         reduce(results.drop(columns=["val_loss"]), gmse_of=GMSE.get)
     with pytest.raises(ValueError, match="no cells of the dense reference"):
         reduce(results[results["format"] != "dense"], FitOptions(bootstrap=0), gmse_of=GMSE.get)
-
-
-def metrics(**overrides) -> ReductionMetrics:
-    """Metrics of a reduction nobody fitted: every number NaN unless overridden."""
-    nan = math.nan
-    values = dict(
-        law="unified", cells=0, formats=0, seeds=0, bootstrap=0, delta=1e-3, objective=nan,
-        rmse_log_loss=nan, mean_abs_rel_error=nan, seed_noise_log_loss=nan, tolerance=0.02,
-        holdout_fraction=0.0, heldout_cells=0, heldout_rmse_log_loss=nan,
-        heldout_mean_abs_rel_error=nan,
-    )  # fmt: skip
-    return ReductionMetrics(**values | overrides)
 
 
 def test_metrics_survive_json_with_nan_as_null():

@@ -29,7 +29,7 @@ import pytest
 
 from orchestrator.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -105,19 +105,19 @@ def test_sweep_finishes_on_the_surviving_node_without_duplicate_loss_rows(cluste
 FAST_DEATH_NOTICE = {"RAY_health_check_period_ms": "1000"}
 
 
-def readme_cluster_lines() -> list[str]:
-    """The shell lines of the README's cluster section but the image build: starting a cluster by
-    hand (`export` of the token, `ray start` head and worker), then running a sweep on it; their
-    trailing comments dropped."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
+def cluster_lines() -> list[str]:
+    """The shell lines of docs/cluster.md's two blocks after the image build: starting a cluster
+    by hand (`export` of the token, `ray start` head and worker), then running a sweep on it;
+    their trailing comments dropped."""
+    from helpers import doc_block
+
+    blocks = [doc_block("cluster.md", marker) for marker in ("ray start --head", "ray job submit")]
     lines = [re.sub(r"\s+# .*$", "", line) for block in blocks for line in block.splitlines()]
     return [line for line in lines if line.split()[0] in ("export", "ray", "compscale")]
 
 
 def substitute(line: str, values: dict[str, str]) -> str:
-    """`line` with each placeholder of `values` replaced; one left over is an error, so a README
+    """`line` with each placeholder of `values` replaced; one left over is an error, so a docs
     change the tests do not follow fails here."""
     for placeholder, value in values.items():
         line = line.replace(placeholder, value)
@@ -142,7 +142,7 @@ class RayProcesses:
     node_ips: dict[str, str]  # Ray node id -> the IP Ray registered the node at (see below)
     processes: dict[str, subprocess.Popen]  # head, node_a, node_b
     temp_dirs: dict[str, Path]
-    placeholders: dict[str, str]  # the README's HEAD addresses and SECRET -> this cluster's
+    placeholders: dict[str, str]  # docs/cluster.md's HEAD addresses and SECRET -> this cluster's
 
     def logs(self, node: str, name: str) -> str:
         """A log file of a node's Ray session, e.g. ("head", "dashboard_JobHead.log")."""
@@ -150,9 +150,9 @@ class RayProcesses:
 
 
 def _ray_start(line: str, *extra: str, env: dict, temp_dir: Path) -> subprocess.Popen:
-    """A README `ray start` line plus what a test needs (`--block`: the process is the node, and
-    stopping it stops the node; a temp dir; no usage report), as its own process session (so
-    every process it spawns can be found by session and stopped by pid)."""
+    """A docs/cluster.md `ray start` line plus what a test needs (`--block`: the process is the
+    node, and stopping it stops the node; a temp dir; no usage report), as its own process session
+    (so every process it spawns can be found by session and stopped by pid)."""
     command = [*shlex.split(line), "--block", "--node-ip-address=127.0.0.1"]
     command += ["--disable-usage-stats", f"--temp-dir={temp_dir}", *extra]
     return subprocess.Popen(
@@ -198,10 +198,10 @@ def _alive_nodes(dashboard: str, token: str) -> list[dict]:
 
 @contextlib.contextmanager
 def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
-    """The README's `ray start` lines on this machine: the head, then (once its GCS listens) both
-    worker nodes with one CPU and a resource of their own each; it returns once all three are
+    """docs/cluster.md's `ray start` lines on this machine: the head, then (once its GCS listens)
+    both worker nodes with one CPU and a resource of their own each; it returns once all three are
     alive, so a sweep sees the whole cluster. Every process is stopped by pid afterwards. `env`
-    goes to every node on top of the README's token (the store's credentials, as on a cluster).
+    goes to every node on top of the documented token (the store's credentials, as on a cluster).
 
     Ports are free ones, each node's own, as on separate machines: with Ray's fixed default for
     the dashboard agent (52365) the first agent to start takes it, the others fail to bind, and if
@@ -217,9 +217,9 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
     so two nodes started together can pick the same one and one raylet dies at start ("bind:
     Address already in use"); losing the other node then leaves no CPU, and the sweep waits.
     """
-    from test_cli import environment, free_port, kill_session
+    from helpers import environment, free_port, kill_session
 
-    auth, head_line, worker_line = readme_cluster_lines()[:3]
+    auth, head_line, worker_line = cluster_lines()[:3]
     root = Path(tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp"))  # short: socket paths are limited
     temp_dirs = {name: root / name for name in ("head", "node_a", "node_b")}
     port, dashboard_port, client_port = free_port(), free_port(), free_port()
@@ -295,7 +295,7 @@ max_in_flight: 2
 
 
 def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_processes, tmp_path):
-    from test_cli import COMPSCALE, DOUBLE, compscale, kill_session
+    from helpers import COMPSCALE, DOUBLE, compscale, kill_session
 
     cluster = ray_processes
     node_a, node_b = cluster.node_ids["node_a"], cluster.node_ids["node_b"]
@@ -353,12 +353,12 @@ def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_p
     }  # where each cell finished
 
 
-def test_the_readme_cluster_commands_run_a_sweep_into_s3_and_rerun_its_failed_cell(tmp_path):
-    """The README's second cluster block, line by line, from this checkout (`--working-dir .`):
+def test_the_documented_cluster_commands_run_a_sweep_into_s3_and_rerun_its_failed_cell(tmp_path):
+    """docs/cluster.md's second cluster block, line by line, from this checkout (`--working-dir .`):
     placeholders filled in, `sweeps/smoke.yaml` for the paper sweep, the stand-in cell function,
     whose one failing cell is fixed between `query` and `rerun --failed`."""
+    from helpers import DOUBLE, ray_job_submit
     from s3 import moto_s3, unique_prefix
-    from test_cli import DOUBLE, ray_job_submit
 
     from orchestrator.cells import expand
     from orchestrator.spec import load_spec
@@ -380,12 +380,12 @@ def test_the_readme_cluster_commands_run_a_sweep_into_s3_and_rerun_its_failed_ce
             "paper-quant": "smoke",
         }
         exports, job, status, query, rerun, report = (
-            substitute(line, values) for line in readme_cluster_lines()[3:]
+            substitute(line, values) for line in cluster_lines()[3:]
         )
         env = cluster.env | exported(exports)
 
         def shell(line: str) -> subprocess.CompletedProcess:
-            """A README line as typed in the checkout (`--working-dir .`)."""
+            """A documented line as typed in the checkout (`--working-dir .`)."""
             return subprocess.run(
                 ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True,
                 timeout=240,

@@ -97,6 +97,6 @@ def test_a_grid_without_formats_or_budgets_says_what_it_lacks():
 
 
 def test_the_smoke_sweep_is_valid(capsys):
-    smoke = Path(__file__).parent.parent / "sweeps" / "smoke.yaml"
+    smoke = Path(__file__).resolve().parents[2] / "sweeps" / "smoke.yaml"
     assert main(["validate", str(smoke)]) == 0
     assert "is valid" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from orchestrator import claims
 from orchestrator.claims import SweepClaim, SweepHeld, claim_attempt, hold_sweep
 from orchestrator.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["local", "mock"])

@@ -1,7 +1,7 @@
 """The paper's claims are judged by their stated criteria, and a CI too wide to decide says so."""
 
 import pandas as pd
-from test_reduce import metrics
+from helpers import metrics
 
 from compscale import findings, laws
 from compscale.reduce import Reduction

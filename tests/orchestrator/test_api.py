@@ -3,20 +3,12 @@ DataFrames and the reduction whose fitted law predicts; importing compscale load
 orchestrator.
 """
 
-import ast
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-from test_cli_report import TRUE_RHO, fill_store
+from helpers import TRUE_RHO, doc_block, fill_store
 
 from orchestrator.store import Store
-
-REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"compscale": 0, "workers": 1, "orchestrator": 2}
 
 
 def test_open_store_reads_sweeps_results_losses_and_fits_the_law(tmp_path):
@@ -41,37 +33,11 @@ def test_open_store_reads_sweeps_results_losses_and_fits_the_law(tmp_path):
         open_store(tmp_path / "absent")
 
 
-def test_importing_compscale_loads_no_upper_layer():
-    code = "import sys, compscale, compscale.reduce, compscale.report; print(sorted(sys.modules))"
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    ).stdout
-    assert "orchestrator" not in loaded and "'workers" not in loaded
-
-
-def test_imports_point_down_except_the_one_lazy_re_export():
-    """orchestrator -> workers -> compscale; the only upward import is `open_store`'s."""
-    upward = []
-    for package, level in LAYERS.items():
-        for path in sorted((REPO / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = (
-                    [alias.name for alias in node.names] if isinstance(node, ast.Import) else
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                )  # fmt: skip
-                for name in names:
-                    top = name.split(".")[0]
-                    if LAYERS.get(top, -1) > level:
-                        upward.append(f"{path.relative_to(REPO)}: {name}")
-    assert upward == ["compscale/__init__.py: orchestrator.api"]
-
-
 def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
     from compscale.laws import FitOptions
     from compscale.reduce import reduce
 
-    readme = (REPO / "README.md").read_text()
-    (example,) = [block for block in readme.split("```python\n")[1:] if "open_store" in block]
+    example = doc_block("README.md", "open_store", "python")
     store = Store(tmp_path / "store")
     fill_store(store, "smoke")
     reduction = reduce(
@@ -81,6 +47,6 @@ def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("COMPSCALE_STORE", raising=False)
     namespace: dict = {}
-    exec(example.split("```")[0], namespace)
+    exec(example, namespace)
     assert len(namespace["results"]) == 60
     assert namespace["law"].predict([2e5], [4e6], ["int4"])[0] > 1.2

@@ -9,7 +9,7 @@ from pathlib import Path
 import ray
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 RAY_VERSION = (DOCKER / "RAY_VERSION").read_text().strip()
 

@@ -11,7 +11,7 @@ import pytest
 
 from compscale import laws
 
-CHINCHILLA_CSV = Path(__file__).parent / "data" / "chinchilla_svg_extracted.csv"
+CHINCHILLA_CSV = Path(__file__).resolve().parents[1] / "data" / "chinchilla_svg_extracted.csv"
 TRUTH = {"A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28, "E": 1.69}
 NO_BOOTSTRAP = laws.FitOptions(bootstrap=0)
 RHO = {"dense": 1.0, "int8": 0.97, "int4": 0.8, "int3": 0.62, "int2": 0.35, "sp50": 0.7}

@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from test_reduce import GMSE, capacities, sweep
+from helpers import GMSE, capacities, sweep
 
 from compscale.laws import FitOptions
 from compscale.plots import write_figures

@@ -1,6 +1,5 @@
 """The `compscale` sweep commands as a user runs them: real processes, embedded or existing Ray."""
 
-import contextlib
 import json
 import os
 import re
@@ -15,60 +14,21 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import (
+    COMPSCALE,
+    DOUBLE,
+    REPO,
+    compscale,
+    environment,
+    free_port,
+    kill_session,
+    ray_job_submit,
+    write_spec,
+)
 
 from orchestrator.cells import expand
 from orchestrator.spec import load_spec
 from orchestrator.store import Store
-
-REPO = Path(__file__).resolve().parent.parent
-COMPSCALE = str(Path(sys.executable).parent / "compscale")
-DOUBLE = ["--cell-fn", "doubles:run_cell"]
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """The test's environment without Ray settings; this checkout first on the path (not the one
-    an editable install points at), then the test doubles."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    # this checkout's code, not whichever one the virtual environment's editable install names
-    path = os.pathsep.join([str(REPO / "tests"), str(REPO)])
-    return env | {"PYTHONPATH": path, "COLUMNS": "200"} | extra
-
-
-def compscale(*args: str, cwd: Path, env: dict | None = None, timeout: float = 180):
-    return subprocess.run(
-        [COMPSCALE, *args],
-        cwd=cwd,
-        env=env or environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def kill_session(session_id: int) -> None:
-    """SIGKILL, one by one, what is left of a process session a test started (Ray's helpers)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session_id:  # field 6 of /proc/<pid>/stat: the session id
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
-def write_spec(path: Path, name: str, formats: list[str], **extra) -> Path:
-    lines = [
-        f"name: {name}",
-        "models: [tiny]",
-        "tokens: [8000]",
-        f"formats: [{', '.join(formats)}]",
-    ]
-    lines += [f"{key}: {value}" for key, value in extra.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def running_events(store: Store, cell_id: str) -> int:
@@ -187,12 +147,6 @@ def test_detached_submit_can_be_cancelled(tmp_path):
     assert "cancel" in (tmp_path / "store" / "sweeps" / "slow" / "driver.log").read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head(tmp_path):
     """A real head started with `ray start --head` on 127.0.0.1, with its own auth token."""
@@ -237,17 +191,6 @@ def ray_head(tmp_path):
         finally:
             kill_session(head.pid)
             shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def ray_job_submit(command: list[str], **options) -> subprocess.CompletedProcess:
-    """`ray job submit`, tried again while the head's job agent is not up yet (the dashboard
-    answers before it does, on a loaded machine by tens of seconds)."""
-    for _ in range(24):
-        job = subprocess.run(command, **options)
-        if "No available agent to submit job" not in job.stdout + job.stderr:
-            break
-        time.sleep(5)
-    return job
 
 
 @pytest.mark.slow

@@ -88,7 +88,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(tmp_path, f
 
 
 def test_sweep_page_lays_out_the_paper_order_with_6nd_compute(figure):
-    from test_reduce import GMSE, capacities, sweep
+    from helpers import GMSE, capacities, sweep
 
     from compscale.reduce import reduce
     from compscale.report import sweep_page

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # In a process of its own: Ray keeps an instance's auth token per process, and an earlier test's
 # Ray in the pytest process would leave the chaos cluster's drivers unable to authenticate.
 RUN = """
