@@ -1,6 +1,6 @@
 """Width of the rho intervals, plain vs paired unified fit: synthetic cells with a known shared
-per-(N, D, seed) noise component (tests/compscale/test_paired.py's), and the committed cpu-mini store
-(read only; its compressed formats have one seed, so pairing can only use the dense pairs).
+per-(N, D, seed) noise component (tests/compscale/test_paired.py's), and the committed cpu-mini
+store (read only; its compressed formats have one seed, so pairing can only use the dense pairs).
 
     PYTHONPATH=. python benchmarks/paired_seeds.py [--bootstrap 100]
 """

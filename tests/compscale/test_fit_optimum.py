@@ -17,7 +17,7 @@ from compscale.reduce import reduce
 
 REPO = Path(__file__).resolve().parents[2]
 CHINCHILLA_CSV = REPO / "tests" / "data" / "chinchilla_svg_extracted.csv"
-CPU_MINI_STORE = REPO / "docs" / "results" / "cpu-mini-store"
+CPU_MINI_STORE = REPO / "docs" / "results" / "stores" / "cpu-mini"
 
 CHINCHILLA_OBJECTIVE = 0.0010182740178006783  # laws.fit, chinchilla law, 5 highest losses dropped
 CPU_MINI_OBJECTIVE = 0.0018351867075975543  # reduce(...).metrics.objective: the unified fit
