@@ -1,9 +1,9 @@
 """Claims in the store: one driver per sweep, one starter per attempt of a cell.
 
-Both rest on `Store.create_json`, a create that fails when the name exists (`workers.storage.
-create_exclusive`: a hard link on a local disk, atomic; a create re-read to confirm ownership on
-an object store, where pyarrow offers no conditional PUT, with the residual window documented
-there). Nothing is ever deleted, so a claim file is also the record of who ran what.
+Both rest on `Store.create_json`, a create that fails when the name exists, with exactly one
+winner among racers (`workers.storage.create_exclusive`: a hard link on a disk, a conditional PUT
+on S3; a store without either is refused unless told `--unsafe-claims`, `Store.check_claims`).
+Nothing is ever deleted, so a claim file is also the record of who ran what.
 
 - A driver takes `sweeps/<name>/drivers/<generation>.json`, renews its heartbeat while it runs
   and marks it released when it stops. A second driver finds the highest generation live and

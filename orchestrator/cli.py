@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "workers.cli",
     "orchestrator.cli_sweep",
     "orchestrator.cli_report",
+    "orchestrator.cli_explain",
 )
 
 

@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runner.add_argument(
         "--lease-s", type=float, help="a running cell silent this many seconds is dead (60)"
     )
+    runner.add_argument(
+        "--unsafe-claims",
+        action="store_true",
+        help="run on a store without conditional create (GCS, Azure): a cell may train twice",
+    )
 
     command = subparsers.add_parser("validate", help="check a sweep spec without running anything")
     command.add_argument("spec", help="sweep YAML")
@@ -122,12 +127,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---- helpers ----------------------------------------------------------------------
-def open_store(args: argparse.Namespace, must_exist: bool = True) -> Store:
+def open_store(args: argparse.Namespace, must_exist: bool = True, claims: bool = False) -> Store:
     """The store of `--store`, $COMPSCALE_STORE or ./store; one that must exist (every command
-    but plan and submit) is an error when missing, a path that is a file always is."""
+    but plan and submit) is an error when missing, a path that is a file always is. A command
+    that `claims` (submit, rerun) refuses a store without exact claims before touching it,
+    unless given --unsafe-claims."""
     from orchestrator.store import Store
 
     store = Store(args.store or os.environ.get("COMPSCALE_STORE") or "store")
+    if claims:
+        store.check_claims(args.unsafe_claims)
     store.check_root(must_exist)
     return store
 
@@ -285,7 +294,7 @@ def _runner_flags(args: argparse.Namespace) -> list[str]:
     for flag in ("address", "cell_fn", "heartbeat_s", "lease_s"):
         if getattr(args, flag):
             flags += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    return flags
+    return flags + (["--unsafe-claims"] if args.unsafe_claims else [])
 
 
 def _resume_command(args: argparse.Namespace, store: Store, cancelled: list[str]) -> str:
@@ -315,7 +324,7 @@ def submit(args: argparse.Namespace) -> int:
     from orchestrator.driver import plan as plan_cells
 
     spec, text, cells = load(args.spec)
-    store = open_store(args, must_exist=False)
+    store = open_store(args, must_exist=False, claims=True)
     store.create()
     with _hold_sweep(args, store, spec.name) as claim:
         cell_ids = [cell.cell_id for cell in cells]
@@ -435,7 +444,7 @@ def rerun(args: argparse.Namespace) -> int:
     from orchestrator.driver import plan as plan_cells
     from orchestrator.spec import parse_spec
 
-    store = open_store(args)
+    store = open_store(args, claims=True)
     if args.detach:
         store.manifest(args.sweep)  # an unknown sweep fails here, not in the background
         return _detach(args, args.sweep, store)

@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workers import storage
+from workers import objectstore, storage
 from workers.config import CellConfig
 from workers.ladder import trunk_id
 from workers.layout import (
@@ -145,9 +145,27 @@ class Store:
             raise ValueError(f"{path}: not a status event (an object with a state in {STATES})")
         return event
 
+    def check_claims(self, unsafe: bool) -> None:
+        """Refuse, in one line, a store where a claim could have two winners (`workers.storage.
+        exact_creates`: GCS, Azure, ...), unless the user accepts that with `unsafe` (then a
+        claim is a write re-read, and two drivers may train a cell twice)."""
+        if unsafe or storage.exact_creates(self.fs):
+            return
+        raise ValueError(
+            f"store {self.uri}: {self.fs.type_name} offers no conditional create, so two "
+            "drivers could both claim a cell and train it twice; use a disk or s3://, or pass "
+            "--unsafe-claims to accept that"
+        )
+
     def check_root(self, must_exist: bool) -> None:
         """The root must be a folder, and exist where `must_exist` (commands that only read: an
-        empty answer from a mistyped path would read as a fact)."""
+        empty answer from a mistyped path would read as a fact). On S3 a missing bucket or
+        refused credentials are named first, instead of surfacing as "no store" or as the error
+        of whichever request came first."""
+        if storage.is_s3(self.fs):
+            problem = objectstore.bucket_problem(f"s3://{self.root}")
+            if problem:
+                raise ValueError(f"store {self.uri}: {problem}")
         kind = self.fs.get_file_info(self.root).type
         if kind == pafs.FileType.File:
             raise ValueError(f"store {self.uri} is a file, not a folder")

@@ -16,6 +16,7 @@ import uuid
 
 import pyarrow.fs as pafs
 
+from workers import objectstore
 from workers.config import CellConfig
 from workers.layout import CellPaths, Layout, attempt_number, claim_number, event_attempt
 
@@ -23,16 +24,34 @@ TEMP_PREFIX = ".tmp-"
 OBJECT_STORES = ("s3", "gcs", "abfs")  # pyarrow's `type_name`s of filesystems without rename
 
 
-def is_object_store(filesystem: pafs.FileSystem) -> bool:
-    """Whether `filesystem` is an object store (no atomic rename, folders implicit). A wrapper
-    (`SubTreeFileSystem`, or a `PyFileSystem` whose handler names its `inner` filesystem, as
-    benchmarks/store_ops.py does to count calls) is judged by the filesystem it wraps."""
-    inner = getattr(filesystem, "base_fs", None) or getattr(
-        getattr(filesystem, "handler", None), "inner", None
-    )
+def _unwrapped(filesystem: pafs.FileSystem, path: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem a wrapper stands for, and `path` on it: a `SubTreeFileSystem` (its base
+    path prefixed), or a `PyFileSystem` whose handler names its `inner` filesystem (as
+    benchmarks/store_ops.py does to count calls)."""
+    base = getattr(filesystem, "base_fs", None)
+    if base is not None:
+        return _unwrapped(base, f"{filesystem.base_path.rstrip('/')}/{path.lstrip('/')}")
+    inner = getattr(getattr(filesystem, "handler", None), "inner", None)
     if inner is not None:
-        return is_object_store(inner)
-    return filesystem.type_name in OBJECT_STORES
+        return _unwrapped(inner, path)
+    return filesystem, path
+
+
+def is_object_store(filesystem: pafs.FileSystem) -> bool:
+    """Whether `filesystem` is an object store (no atomic rename, folders implicit); a wrapper
+    is judged by the filesystem it wraps."""
+    return _unwrapped(filesystem, "")[0].type_name in OBJECT_STORES
+
+
+def is_s3(filesystem: pafs.FileSystem) -> bool:
+    return _unwrapped(filesystem, "")[0].type_name == "s3"
+
+
+def exact_creates(filesystem: pafs.FileSystem) -> bool:
+    """Whether `create_exclusive` has exactly one winner here: on a disk (local or shared) and
+    on S3; elsewhere (GCS, Azure, ...) it is a write re-read, which two racers can both win."""
+    inner = _unwrapped(filesystem, "")[0]
+    return isinstance(inner, pafs.LocalFileSystem) or inner.type_name == "s3"
 
 
 def is_file(filesystem: pafs.FileSystem, path: str) -> bool:
@@ -62,27 +81,30 @@ def write_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
 def create_exclusive(filesystem: pafs.FileSystem, path: str, data: bytes) -> bool:
     """Create `path` holding `data` unless it exists; True if this call created it.
 
-    On a local disk this is atomic: a finished temporary file is hard-linked to the name, which
-    fails if the name exists (POSIX `link`), so exactly one of any number of racing callers wins
-    and nobody ever sees a partial file. An object store has no conditional PUT through pyarrow,
-    so there it is a create-if-absent that re-reads the object to confirm `data` is what landed.
-    Residual window: two callers that both find the name absent before either write lands may
-    both see their own bytes if each re-reads before the other's write; `data` should carry a
-    unique token so a holder can re-check ownership later (sweep claims do, on every renewal).
+    Exact where `exact_creates`: on a disk a finished temporary file is hard-linked to the name,
+    which fails if the name exists (POSIX `link`, atomic on local disks and NFS); on S3 one PUT
+    with `If-None-Match: *` (`workers.objectstore`). Either way exactly one of any number of
+    racing callers wins, and nobody sees a partial file. Elsewhere (GCS, Azure: pyarrow offers
+    no conditional create there) it is a create-if-absent re-read to confirm `data` landed, and
+    two callers that both find the name absent, each re-reading before the other's write lands,
+    both win: the commands that claim refuse such a store unless told `--unsafe-claims`.
     """
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        parent, name = path.rsplit("/", 1)
-        filesystem.create_dir(parent, recursive=True)
+    inner, inner_path = _unwrapped(filesystem, path)
+    if isinstance(inner, pafs.LocalFileSystem):
+        parent, name = inner_path.rsplit("/", 1)
+        inner.create_dir(parent, recursive=True)
         temp = f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
         with open(temp, "wb") as stream:
             stream.write(data)
         try:
-            os.link(temp, path)
+            os.link(temp, inner_path)
         except FileExistsError:
             return False
         finally:
             os.unlink(temp)
         return True
+    if inner.type_name == "s3":
+        return objectstore.create_exclusive(f"s3://{inner_path}", data)
     if is_file(filesystem, path):
         return False
     write_atomic(filesystem, path, data)
