@@ -1,15 +1,19 @@
 """What runs inside Ray tasks: a cell's task body, a trunk segment's, and the lease they hold.
 
-The driver (`orchestrator.driver`) submits these functions; nothing here runs in the driver
-process, and nothing here imports the driver. Each cell is one Ray task (`execute_cell`) that
-claims the cell's next attempt in the store (`orchestrator.claims`), records `running` (host,
-pid, attempt), renews a heartbeat lease while the cell function runs, and records `done`, or
-`failed` with the error class, message and traceback. A cell already done, or running under
-another task's live lease (another driver's, another sweep's), is not started: the task says so
-and the driver waits for it. A cell of world size k > 1 runs its cell function in k Ray Train
-workers (TorchTrainer, DDP); world size 1 runs in the task itself (TorchTrainer costs ~14 s to
-start here). A WSD ladder's trunk is trained in segments, one task each (`execute_trunk`; the
-driver's bookkeeping of them is `orchestrator.ladders`).
+The driver (`orchestrator.driver`) submits these functions as Ray tasks, so their bodies run in a
+worker process on some node of the cluster; in the driver it only picks the cell function
+(`default_cell_function`) and wraps it for DDP (`ddp_cell_function`). Nothing here imports the
+driver.
+
+Each cell is one Ray task (`execute_cell`) that claims the cell's next attempt in the store
+(`orchestrator.claims`), records `running` (host, pid, attempt), renews a heartbeat lease while
+the cell function runs, and records `done`, or `failed` with the error class, message and
+traceback. A cell already done, or running under another task's live lease (another driver's,
+another sweep's), is not started: the task says so and the driver waits for it. A cell of world
+size k > 1 runs its cell function in k Ray Train workers (TorchTrainer, DDP); world size 1 runs in
+the task itself (TorchTrainer costs ~14 s to start here). A WSD ladder's trunk is trained in
+segments, one task each (`execute_trunk`; the driver's bookkeeping of them is
+`orchestrator.ladders`).
 """
 
 from __future__ import annotations
