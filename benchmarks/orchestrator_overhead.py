@@ -33,7 +33,8 @@ def peak_rss_mib() -> float:
 def measure(cells: int) -> dict[str, float]:
     """Run `cells` no-op cells in this process; returns timings (s, ms) and memory (MiB)."""
     from orchestrator.cells import expand
-    from orchestrator.driver import connect, drive, plan
+    from orchestrator.cluster import connect
+    from orchestrator.driver import drive, plan
     from orchestrator.spec import SweepSpec
     from orchestrator.store import Store
 

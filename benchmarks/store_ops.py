@@ -2,7 +2,7 @@
 
 For each backend, one process runs the store side of N cells' lifecycles without Ray, exactly as
 the driver and a cell's task do them: register the cell (`put_cell`), the task body
-(`orchestrator.driver.execute_cell`: claim the attempt, `running`, heartbeat, the cell function
+(`orchestrator.tasks.execute_cell`: claim the attempt, `running`, heartbeat, the cell function
 writing loss parts and the result row, `done`) with the test double as the cell function
 (tests/doubles.py: 8 steps, 3 loss parts, no sleep), then the status read `compscale status` does.
 Every call on the store's filesystem is counted through a wrapping `PyFileSystem`, by kind; time
@@ -107,9 +107,9 @@ def measure(uri: str, cells: int) -> tuple[Counter, float]:
 
     import orchestrator.store as store_module
     from orchestrator.cells import expand
-    from orchestrator.driver import execute_cell
     from orchestrator.spec import SweepSpec
     from orchestrator.store import Store
+    from orchestrator.tasks import execute_cell
     from workers.layout import StoreLocation, resolve
 
     handler = CountingHandler(resolve(uri).filesystem)

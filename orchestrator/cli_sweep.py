@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.claims import SweepClaim
-    from orchestrator.driver import CellFunction, Planned
+    from orchestrator.driver import Planned
     from orchestrator.spec import SweepSpec
     from orchestrator.store import Store
+    from orchestrator.tasks import CellFunction
     from workers.config import CellConfig
 
 
@@ -227,8 +228,10 @@ def _run(
     claim: SweepClaim,
 ) -> int:
     """Drive the planned cells; Ctrl-C cancels the cells in flight and says how to resume."""
-    from orchestrator.driver import HEARTBEAT_S, LEASE_S, Driver, connect
+    from orchestrator.cluster import connect
+    from orchestrator.driver import Driver
     from orchestrator.progress import Progress
+    from orchestrator.tasks import HEARTBEAT_S, LEASE_S
 
     cell_fn = cell_function(args.cell_fn)
     print(f"sweep {spec.name}: {len(planned)} cells: {_counts(planned)}; store {store.uri}")
@@ -313,15 +316,15 @@ def _hold_sweep(
     """The sweep's driver claim for this command (`orchestrator.claims`): a second driver of
     the same sweep refuses with `SweepHeld`, one line and exit code 2."""
     from orchestrator.claims import hold_sweep
-    from orchestrator.driver import HEARTBEAT_S, LEASE_S
+    from orchestrator.tasks import HEARTBEAT_S, LEASE_S
 
     lease_s, heartbeat_s = args.lease_s or LEASE_S, args.heartbeat_s or HEARTBEAT_S
     return hold_sweep(store, name, lease_s=lease_s, heartbeat_s=heartbeat_s)
 
 
 def submit(args: argparse.Namespace) -> int:
-    from orchestrator.driver import LEASE_S
     from orchestrator.driver import plan as plan_cells
+    from orchestrator.tasks import LEASE_S
 
     spec, text, cells = load(args.spec)
     store = open_store(args, must_exist=False, claims=True)
@@ -406,7 +409,7 @@ def _eta(tokens_left: float, row: dict[str, Any]) -> str:
 def status(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from orchestrator.driver import LEASE_S
+    from orchestrator.tasks import LEASE_S
 
     store = open_store(args)
     statuses = [store.status(cell_id) for cell_id in store.manifest(args.sweep)]
@@ -440,9 +443,9 @@ def status(args: argparse.Namespace) -> int:
 
 def rerun(args: argparse.Namespace) -> int:
     from orchestrator.cells import expand
-    from orchestrator.driver import LEASE_S
     from orchestrator.driver import plan as plan_cells
     from orchestrator.spec import parse_spec
+    from orchestrator.tasks import LEASE_S
 
     store = open_store(args, claims=True)
     if args.detach:

@@ -1,12 +1,10 @@
-"""The Ray driver: runs a sweep's cells as Ray tasks and keeps all of its state in the store.
+"""The Ray driver: plans a sweep's cells from the store and runs them as Ray tasks, in the driver
+process, keeping all of its state in the store.
 
-Each cell is one Ray task (`execute_cell`) that claims the cell's next attempt in the store
-(`orchestrator.claims`), records `running` (host, pid, attempt), renews a heartbeat lease while
-the cell function runs, and records `done`, or `failed` with the error class, message and
-traceback. A cell already done, or running under another task's live lease (another driver's,
-another sweep's), is not started: the task says so and the driver waits for it. A cell of world
-size k > 1 runs its cell function in k Ray Train workers (TorchTrainer, DDP); world size 1 runs in
-the task itself (TorchTrainer costs ~14 s to start here).
+`plan` decides from the store alone what happens to each cell; `Driver` (and `drive`) submits the
+cells to be run and accounts for how they end. What runs inside those tasks is
+`orchestrator.tasks`; connecting to the cluster is `orchestrator.cluster`; the bookkeeping of WSD
+ladders' trunk segments is `orchestrator.ladders`.
 
 Failures: Ray retries a task whose worker process died (SIGKILL, lost node) up to the spec's
 `retries` (`max_retries`); the driver resubmits a cell whose function raised while its failures in
@@ -22,31 +20,32 @@ import inspect
 import os
 import socket
 import sys
-import threading
 import time
-import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import claims
-from orchestrator.ladders import Trunks, execute_trunk
+from orchestrator.cluster import auto_in_flight, unplaceable
+from orchestrator.ladders import Trunks
 from orchestrator.progress import Progress
-from orchestrator.raylog import token_auth_notice
 from orchestrator.spec import Resources
 from orchestrator.store import CellStatus, Store, utc_stamp
+from orchestrator.tasks import (
+    HEARTBEAT_S,
+    LEASE_S,
+    CellFunction,
+    ddp_cell_function,
+    default_cell_function,
+    execute_cell,
+    execute_trunk,
+)
 from workers.config import CellConfig
 from workers.errors import is_retryable
-from workers.ladder import Ladder, Rung, fork_step, rungs
+from workers.ladder import Rung, rungs
 
-# (cell, store URI, attempt number) -> result row; the attempt is numbered by `execute_cell`.
-CellFunction = Callable[[CellConfig, str, int], dict]
-
-HEARTBEAT_S = 10.0  # seconds between lease renewals of a running cell
-LEASE_S = 60.0  # a running cell whose heartbeat is older than this is dead
 CANCEL_POLL_S = 1.0  # seconds between checks for a cancel request
 PLACEABLE_POLL_S = 30.0  # seconds between checks that some node fits a cell, while cells run
 
@@ -101,239 +100,6 @@ def plan(
             action = "run"
         planned.append(Planned(cell, status, action))
     return planned
-
-
-def default_cell_function() -> CellFunction:
-    from workers import run_cell
-
-    return run_cell
-
-
-@contextmanager
-def heartbeat_lease(
-    store: Store, cell_id: str, attempt: int, host: str, pid: int, every_s: float
-) -> Iterator[None]:
-    """Hold the lease of a running attempt: a heartbeat now and every `every_s` seconds on a
-    daemon thread until the block ends, so a driver can tell a live attempt from a dead one."""
-    store.heartbeat(cell_id, attempt, host, pid)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(every_s):
-            try:
-                store.heartbeat(cell_id, attempt, host, pid)
-            except OSError as error:  # a missed beat is survivable; the lease is generous
-                print(f"heartbeat of {cell_id} failed: {error}", file=sys.stderr)
-
-    threading.Thread(target=renew, daemon=True, name=f"lease-{cell_id}").start()
-    try:
-        yield
-    finally:
-        stop.set()
-
-
-def execute_cell(
-    cell_json: str,
-    store_uri: str,
-    cell_fn: CellFunction,
-    token: str,
-    *,
-    heartbeat_s: float = HEARTBEAT_S,
-    lease_s: float = LEASE_S,
-    force: bool = False,
-    trunk: str | None = None,
-    after: Any = None,
-) -> dict[str, Any]:
-    """The body of one cell's Ray task (`token` names this submission; Ray's retries of it share
-    it): claim the cell's next attempt, which also numbers it (one number for the status events,
-    the loss rows and the result row), hold its lease and record how it ended. A ladder's branch
-    names its `trunk` (recorded in its `running` event) and takes its trunk segment's summary as
-    `after`, so that Ray starts it once the segment has finished (`orchestrator.ladders`).
-
-    Returns a small summary (`outcome`: trained, done elsewhere or held elsewhere; tokens,
-    tokens_per_s, wall_time_s), not the whole result row, so the driver's memory does not grow
-    with the number of cells.
-    """
-    store = Store(store_uri)
-    cell = CellConfig.model_validate_json(cell_json)
-    cell_id, host, pid = cell.cell_id, socket.gethostname(), os.getpid()
-    outcome, attempt = claims.claim_attempt(
-        store, cell_id, token, lease_s=lease_s, force=force, host=host, pid=pid
-    )
-    summary = {"outcome": outcome, "tokens": 0, "tokens_per_s": 0.0, "wall_time_s": 0.0}
-    if outcome == claims.HELD:
-        return summary
-    if outcome == claims.DONE:
-        if store.status(cell_id).state != "done":  # a later `pending` hides that it finished
-            store.record(cell_id, "done", attempt, message=f"attempt {attempt} finished it")
-        return summary
-    started, node = time.perf_counter(), placement()
-    branch = {"trunk_id": trunk, "fork_step": fork_step(cell)} if trunk else {}
-    with heartbeat_lease(store, cell_id, attempt, host, pid, heartbeat_s):
-        store.record(cell_id, "running", attempt, host=host, pid=pid, **node, **branch)
-        try:
-            options = {"ladder": Ladder(trunk)} if trunk else {}
-            result = cell_fn(cell, store_uri, attempt, **options) or {}
-        except Exception as error:
-            store.record(
-                cell_id,
-                "failed",
-                attempt,
-                host=host,
-                pid=pid,
-                error_class=type(error).__name__,
-                message=str(error),
-                traceback=traceback.format_exc(),
-                retryable=is_retryable(error),
-                token=token,
-            )
-            raise
-        except BaseException as stop:  # told to exit: its driver died, or it was cancelled
-            if store.status(cell_id).state != "cancelled":  # a Ctrl-C's `cancelled` stands
-                store.record(
-                    cell_id,
-                    "failed",
-                    attempt,
-                    host=host,
-                    pid=pid,
-                    error_class="WorkerDied",
-                    message=f"attempt {attempt} stopped: its process was told to exit "
-                    f"({type(stop).__name__}); the cell is not at fault",
-                )
-            raise
-    wall = time.perf_counter() - started
-    store.record(cell_id, "done", attempt, host=host, pid=pid, wall_time_s=wall, **node)
-    return summary | {
-        "tokens": int(result.get("tokens", 0) or 0),
-        "tokens_per_s": float(result.get("tokens_per_s", 0.0) or 0.0),
-        "wall_time_s": wall,
-    }
-
-
-def placement() -> dict[str, str]:
-    """The Ray node this task runs on (`node_id`, `node_ip`), for the `running` and `done` events
-    (so `status --json` shows where a cell ran, and finished); empty outside Ray."""
-    import ray
-
-    if not ray.is_initialized():
-        return {}
-    return {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "node_ip": ray.util.get_node_ip_address(),
-    }
-
-
-def ddp_cell_function(cell_fn: CellFunction, resources: Resources) -> CellFunction:
-    """Run `cell_fn` in `cell.world_size` Ray Train workers, each in a torch process group."""
-
-    def run_ddp(cell: CellConfig, store_uri: str, attempt: int, **options: Any) -> dict:
-        import ray.train
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
-        def train_loop() -> None:
-            result = cell_fn(cell, store_uri, attempt, **options) or {}
-            ray.train.report({k: v for k, v in result.items() if isinstance(v, (int, float))})
-
-        per_worker = {"CPU": resources.cpus} | ({"GPU": resources.gpus} if resources.gpus else {})
-        trainer = TorchTrainer(
-            train_loop,
-            scaling_config=ScalingConfig(
-                num_workers=cell.world_size,
-                use_gpu=resources.gpus > 0,
-                resources_per_worker=per_worker,
-            ),
-            run_config=RunConfig(name=f"{cell.cell_id}-{utc_stamp()}"),
-        )
-        return dict(trainer.fit().metrics or {})
-
-    return run_ddp
-
-
-def connect(address: str | None = None) -> bool:
-    """Join the Ray cluster at `address` (or $RAY_ADDRESS, as under `ray job submit`; one on
-    127.0.0.1 is joined there, `loopback_only`), else start an embedded local one with this
-    machine's CPUs, every port of it on 127.0.0.1. Returns True if it started one."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    target = address or os.environ.get("RAY_ADDRESS")
-    if target:
-        # Ray would dial 127.0.0.1:PORT at the routable address, where a loopback cluster is deaf.
-        on_loopback = target.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
-        try:
-            with (
-                loopback_only() if on_loopback else nullcontext(),
-                token_auth_notice(remote=True),
-            ):
-                ray.init(address=address, logging_level="WARNING")
-        except ConnectionError as error:
-            raise ValueError(
-                f"{error} (is a head running there? with token authentication on, set "
-                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-            ) from None
-        return False
-    with loopback_only(), token_auth_notice(remote=False):
-        ray.init(
-            address="local",  # a new instance, never a cluster that `ray start` left behind
-            num_cpus=os.cpu_count(),
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            logging_level="WARNING",
-        )
-    return True
-
-
-@contextmanager
-def loopback_only() -> Iterator[None]:
-    """Make a Ray instance started in this block listen on 127.0.0.1 only (and a driver joining
-    one at 127.0.0.1 dial it there).
-
-    Ray binds each server (GCS, raylet, object manager, core workers, dashboard and runtime-env
-    agents, metrics exporters) to the node's IP address, but it replaces a node IP of 127.0.0.1
-    by the machine's routable address (`ray._private.services.resolve_ip_for_localhost`; see
-    ray-project/ray#26293), so `_node_ip_address="127.0.0.1"` alone leaves every port on the
-    network. It keeps loopback only where multi-node clusters are off, its mode on macOS and
-    Windows (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), a setting read once at import: so it is set
-    on the imported module for this block, and the processes started in it get 127.0.0.1 on their
-    command lines. tests/orchestrator/test_loopback.py lists the sockets to hold Ray to it.
-    """
-    from ray._private import ray_constants
-
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-def auto_in_flight(cluster: dict[str, float], resources: Resources, planned: list[Planned]) -> int:
-    """Twice the cells the cluster runs at once (by CPUs and GPUs): none waits on the driver."""
-    world = max((item.cell.world_size for item in planned), default=1)
-    per_cell = {"CPU": resources.cpus * world, "GPU": resources.gpus * world}
-    fits = [cluster.get(kind, 0) / need for kind, need in per_cell.items() if need > 0]
-    return max(2, int(2 * min(fits, default=cluster.get("CPU", 1))))
-
-
-def unplaceable(nodes: list[dict[str, Any]], resources: Resources) -> str | None:
-    """Why no cell can start, or None: no alive node (`ray.nodes()`) has the CPUs and GPUs that
-    one cell, or one worker of a DDP cell, asks for. Ray keeps such tasks pending without a word
-    until a node that fits joins (an autoscaler may add one), so the driver says it."""
-    need = {"CPU": resources.cpus, "GPU": resources.gpus}
-    need = {kind: amount for kind, amount in need.items() if amount > 0}
-    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
-    if any(all(total.get(kind, 0) >= amount for kind, amount in need.items()) for total in alive):
-        return None
-    wanted = " and ".join(f"{amount:g} {kind}" for kind, amount in need.items())
-    largest = ", ".join(
-        f"{max((total.get(kind, 0) for total in alive), default=0):g} {kind}" for kind in need
-    )
-    return (
-        f"no alive node of the Ray cluster ({len(alive)} nodes; at most {largest} on one) has "
-        f"the {wanted} one cell asks for (the spec's resources); its cells wait until one joins"
-    )
 
 
 @dataclass
@@ -408,7 +174,9 @@ class Driver:
         if self.ladders:
             self.trunks.rungs = rungs([item.cell for item in planned])
         if self.max_in_flight <= 0:
-            self.max_in_flight = auto_in_flight(ray.cluster_resources(), self.resources, planned)
+            self.max_in_flight = auto_in_flight(
+                ray.cluster_resources(), self.resources, (item.cell for item in planned)
+            )
         for item in planned:
             if item.action in ("run", "rerun"):  # a dead attempt's death is recorded by its heir
                 rerun = item.action == "rerun"

@@ -1,4 +1,6 @@
-"""WSD ladders on Ray: a trunk trained in segments, each budget's branch started after its own.
+"""WSD ladders on Ray, the driver's side: which trunk segments one driver started, and which one
+each budget's branch waits for (`Trunks`, in the driver process; each segment's task body is
+`orchestrator.tasks.execute_trunk`).
 
 A ladder (`workers.ladder`) is a sweep's WSD cells that differ only in their token budget. Its
 trunk is trained in segments, one Ray task per fork step, each taking the one before as an
@@ -13,56 +15,15 @@ resumes from the trunk's newest checkpoint (kept every `checkpoint_every` steps)
 
 from __future__ import annotations
 
-import os
-import socket
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from orchestrator.store import Store
 from workers.config import CellConfig
-from workers.ladder import Ladder, Rung
+from workers.ladder import Rung
 
 # (the ladder's largest budget, the segment's last fork, the previous segment or None) -> ref
 StartSegment = Callable[[Rung, int, Any], Any]
-
-
-def execute_trunk(
-    top_json: str,
-    store_uri: str,
-    cell_fn: Callable[..., dict],
-    trunk_id: str,
-    forks: tuple[int, ...],
-    after: Any = None,
-) -> dict[str, Any]:
-    """The body of one trunk segment's Ray task: train the trunk with the config of its ladder's
-    largest budget (`top_json`) up to the last of `forks`, recording the segment's events beside
-    the trunk; nothing when the fork's checkpoint exists already. `after` is the previous
-    segment's summary, an argument only so Ray orders them."""
-    from orchestrator.driver import placement
-
-    store = Store(store_uri)
-    fork = forks[-1]
-    if store.exists(store.layout.trunk(trunk_id).checkpoint(fork)):
-        return {"trunk_id": trunk_id, "fork": fork}  # trained since: another driver, or a retry
-    cell = CellConfig.model_validate_json(top_json)
-    where = {"host": socket.gethostname(), "pid": os.getpid()}
-    store.record_trunk(trunk_id, "running", fork, **where, **placement())
-    try:
-        cell_fn(cell, store_uri, 0, ladder=Ladder(trunk_id, forks))
-    except BaseException as error:
-        store.record_trunk(
-            trunk_id,
-            "failed",
-            fork,
-            **where,
-            error_class=type(error).__name__,
-            message=str(error),
-            traceback=traceback.format_exc(),
-        )
-        raise
-    store.record_trunk(trunk_id, "done", fork, **where)
-    return {"trunk_id": trunk_id, "fork": fork}
 
 
 class Trunks:

@@ -28,7 +28,7 @@ def ray_local():
     """A real local Ray for the module's tests, on 127.0.0.1, stopped afterwards."""
     import ray
 
-    from orchestrator.driver import loopback_only
+    from orchestrator.cluster import loopback_only
 
     # address="local": a fresh instance even when a `ray start` head runs on this machine
     with loopback_only():

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from orchestrator.driver import drive, plan
-from orchestrator.ladders import execute_trunk
 from orchestrator.spec import Resources
 from orchestrator.store import Store
+from orchestrator.tasks import execute_trunk
 from workers import run_cell
 from workers.config import CellConfig, TrainConfig, preset
 from workers.ladder import Ladder, fork_step, trunk_id, with_horizon

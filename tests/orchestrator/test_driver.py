@@ -12,9 +12,11 @@ import pytest
 
 from orchestrator.cells import expand
 from orchestrator.cli import main
-from orchestrator.driver import Planned, auto_in_flight, drive, execute_cell, plan, unplaceable
+from orchestrator.cluster import auto_in_flight, unplaceable
+from orchestrator.driver import drive, plan
 from orchestrator.spec import Resources, parse_spec
 from orchestrator.store import Store
+from orchestrator.tasks import execute_cell
 
 SPEC = """
 name: faults
@@ -200,18 +202,14 @@ def test_an_attempt_that_wrote_its_result_then_died_is_not_rerun(tmp_path):
     assert store.status(cell.cell_id).state == "done"  # no longer shown running forever
 
 
-def test_cells_in_flight_default_to_twice_what_the_cluster_runs_at_once(tmp_path):
+def test_cells_in_flight_default_to_twice_what_the_cluster_runs_at_once():
     cells = expand(parse_spec(SPEC))
-    planned = plan(cells, Store(tmp_path / "store"))
     cpu_only, gpus = Resources(cpus=1), Resources(cpus=2, gpus=1)
-    assert auto_in_flight({"CPU": 16.0}, cpu_only, planned) == 32
-    assert auto_in_flight({"CPU": 16.0, "GPU": 4.0}, gpus, planned) == 8  # GPUs bind first
-    ddp = [
-        Planned(c.model_copy(update={"world_size": 4}), p.status, "run")
-        for c, p in zip(cells, planned, strict=True)
-    ]
+    assert auto_in_flight({"CPU": 16.0}, cpu_only, cells) == 32
+    assert auto_in_flight({"CPU": 16.0, "GPU": 4.0}, gpus, cells) == 8  # GPUs bind first
+    ddp = [cell.model_copy(update={"world_size": 4}) for cell in cells]
     assert auto_in_flight({"CPU": 16.0}, cpu_only, ddp) == 8
-    assert auto_in_flight({"CPU": 1.0}, Resources(cpus=4), planned) == 2  # never below 2
+    assert auto_in_flight({"CPU": 1.0}, Resources(cpus=4), cells) == 2  # never below 2
 
 
 def attempts_started(store: Store, cell_id: str) -> list[int]:

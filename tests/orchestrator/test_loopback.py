@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from orchestrator.driver import connect
+from orchestrator.cluster import connect
 
 
 def is_loopback(ip: str) -> bool:

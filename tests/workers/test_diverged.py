@@ -6,8 +6,9 @@ import math
 import pytest
 
 import workers.train
-from orchestrator.driver import execute_cell, plan
+from orchestrator.driver import plan
 from orchestrator.store import Store
+from orchestrator.tasks import execute_cell
 from workers.config import CellConfig, ModelConfig
 from workers.sink import read_losses
 from workers.train import DIVERGENCE_CHECK_EVERY, Diverged, run_cell

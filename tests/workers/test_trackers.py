@@ -14,8 +14,8 @@ from s3 import moto_s3, unique_prefix
 
 import workers.train
 from orchestrator.cells import expand
-from orchestrator.driver import execute_cell
 from orchestrator.spec import SpecError, parse_spec
+from orchestrator.tasks import execute_cell
 from workers import run_cell, trackers
 from workers.layout import Layout
 from workers.sink import read_losses
