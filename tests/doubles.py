@@ -22,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,6 +43,37 @@ def control_dir(store_uri: str) -> Path:
 
 
 def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict:
+    return _train(cell, store_uri, attempt, final_loss=None)
+
+
+# A known unified law at the tiny presets' scale (N ~ 5e4-2e5 parameters, D ~ 1e4-1e5 tokens).
+LAW = {"A": 50.0, "alpha": 0.34, "B": 16.0, "beta": 0.28, "E": 1.5}
+LAW_RHO = {"dense": 1.0, "sp50": 0.85, "int4": 0.9, "sp50+int4": 0.765, "int2": 0.5, "int3": 0.75}
+SHARED_SD, OWN_SD = 0.02, 0.003  # log-loss noise: a seed's luck (all formats of (N, D, seed)), own
+
+
+def law_loss(cell: CellConfig) -> float:
+    """The cell's validation loss under LAW and LAW_RHO with seeded noise: one draw shared by the
+    (N, D, seed) group, as a real seed's initial weights and batches are, and one of its own."""
+    group = np.random.default_rng([cell.params, cell.tokens, cell.seed])
+    own = np.random.default_rng([cell.params, cell.tokens, cell.seed, sum(cell.format.encode())])
+    mean = (
+        LAW["A"] * (cell.params * LAW_RHO[cell.format]) ** -LAW["alpha"]
+        + LAW["B"] * cell.tokens ** -LAW["beta"]
+        + LAW["E"]
+    )
+    return float(mean * np.exp(group.normal(0, SHARED_SD) + own.normal(0, OWN_SD)))
+
+
+def law_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict:
+    """`run_cell` whose final validation loss follows LAW (`law_loss`): for adaptive sweeps."""
+    cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
+    return _train(cell, store_uri, attempt, final_loss=law_loss(cell))
+
+
+def _train(
+    cell: CellConfig | dict, store_uri: str, attempt: int | None, final_loss: float | None
+) -> dict:
     cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
     control = control_dir(store_uri)
     store = Store(store_uri)
@@ -65,6 +97,8 @@ def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None
         time.sleep(sleep_s / STEPS)
         elapsed = time.perf_counter() - started
         loss = 5.0 / (1 + step) + 1e-7 * cell.seed
+        if final_loss is not None:
+            loss = final_loss * (1 + STEPS) / (1 + step)
         rows.append(
             {
                 "cell_id": cell.cell_id,
@@ -96,8 +130,8 @@ def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None
         "tokens": STEPS * tokens_per_step,
         "format": cell.format,
         "seed": cell.seed,
-        "val_loss": 5.0 / (1 + STEPS),
-        "train_loss": 5.0 / (1 + STEPS),
+        "val_loss": 5.0 / (1 + STEPS) if final_loss is None else final_loss,
+        "train_loss": 5.0 / (1 + STEPS) if final_loss is None else final_loss,
         "steps": STEPS,
         "wall_time_s": wall,
         "tokens_per_s": STEPS * tokens_per_step / wall,
