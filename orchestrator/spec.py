@@ -253,8 +253,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path}: unknown field (a typo?); expected one of: {allowed}"
     message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
     nested = re.match(r"^([a-z_.]+): (.*)$", message)  # a whole-model check naming its field
-    if nested and not path:
-        path, message = nested.groups()
+    if nested and (not path or isinstance(error["input"], dict)):  # a model's own check
+        path, message = ".".join(filter(None, (path, nested[1]))), nested[2]
     if error["type"] not in ("missing", "value_error") and not isinstance(error["input"], dict):
         message += f", got {error['input']!r}"
     return f"{path or '(top level)'}: {message}"
