@@ -8,13 +8,15 @@ store on S3) so that tests in other processes
 - `misconfigured/<cell_id>`: raise FileNotFoundError for its data, as a cell with missing token
   shards does (a configuration error: never retried);
 - `kill/<cell_id>`: SIGKILL its own process after the first flush, once (the file is consumed);
-- `sleep_s`: total seconds a cell sleeps (default 0.2).
+- `sleep_s`: total seconds a cell sleeps (default 0.2);
+- `law.json`: the known law `law_cell` draws final losses from (default LAW, LAW_RHO).
 A cell of world size k > 1 checks that it runs in a torch process group of k ranks (all_reduce);
 only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -52,23 +54,31 @@ LAW_RHO = {"dense": 1.0, "sp50": 0.85, "int4": 0.9, "sp50+int4": 0.765, "int2": 
 SHARED_SD, OWN_SD = 0.02, 0.003  # log-loss noise: a seed's luck (all formats of (N, D, seed)), own
 
 
-def law_loss(cell: CellConfig) -> float:
+def law_loss(cell: CellConfig, truth: dict | None = None) -> float:
     """The cell's validation loss under LAW and LAW_RHO with seeded noise: one draw shared by the
-    (N, D, seed) group, as a real seed's initial weights and batches are, and one of its own."""
-    group = np.random.default_rng([cell.params, cell.tokens, cell.seed])
-    own = np.random.default_rng([cell.params, cell.tokens, cell.seed, sum(cell.format.encode())])
+    (N, D, seed) group, as a real seed's initial weights and batches are, and one of its own.
+    `truth` (a `law.json` in the control folder, for benchmarks) replaces any of law, rho,
+    shared_sd, own_sd and adds a `salt` to the noise seeds."""
+    truth = truth or {}
+    law, rho = LAW | truth.get("law", {}), LAW_RHO | truth.get("rho", {})
+    salt = int(truth.get("salt", 0))
+    group = np.random.default_rng([cell.params, cell.tokens, cell.seed, salt])
+    own = np.random.default_rng([cell.params, cell.tokens, cell.seed, salt, *cell.format.encode()])
     mean = (
-        LAW["A"] * (cell.params * LAW_RHO[cell.format]) ** -LAW["alpha"]
-        + LAW["B"] * cell.tokens ** -LAW["beta"]
-        + LAW["E"]
+        law["A"] * (cell.params * rho[cell.format]) ** -law["alpha"]
+        + law["B"] * cell.tokens ** -law["beta"]
+        + law["E"]
     )
-    return float(mean * np.exp(group.normal(0, SHARED_SD) + own.normal(0, OWN_SD)))
+    shared, own_sd = truth.get("shared_sd", SHARED_SD), truth.get("own_sd", OWN_SD)
+    return float(mean * np.exp(group.normal(0, shared) + own.normal(0, own_sd)))
 
 
 def law_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict:
     """`run_cell` whose final validation loss follows LAW (`law_loss`): for adaptive sweeps."""
     cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
-    return _train(cell, store_uri, attempt, final_loss=law_loss(cell))
+    truth_file = control_dir(store_uri) / "law.json"
+    truth = json.loads(truth_file.read_text()) if truth_file.exists() else None
+    return _train(cell, store_uri, attempt, final_loss=law_loss(cell, truth))
 
 
 def _train(
