@@ -9,6 +9,17 @@ capacities and their mean absolute error against the truth are recorded. Last: t
 strategy needs to reach the width the grid reaches at its end (log-interpolated between rounds).
 
     python benchmarks/adaptive.py [--repetitions 5] [--rounds 4] [--bootstrap 50]
+
+`--autopilot` benchmarks the real loop instead (`orchestrator.autopilot`: the driver on a local
+Ray, the store, the reducer's paired fit, the group design) on synthetic cells
+(`tests/doubles.py: law_cell`) from known laws with seed-shared and own noise, asking
+`composition sp50 int4`: the FLOPs the loop spends to reach the target against the FLOPs a
+static grid needs (whole seeds of the spec's grid added one at a time until the interval at the
+same level is as narrow), as a median over laws x repetitions; then the coverage of the loop's
+final interval over cheap in-process runs (the cells trained in the driver's process, no Ray):
+
+    PYTHONPATH=.:tests python benchmarks/adaptive.py --autopilot [--laws 3] [--repetitions 3]
+        [--coverage-runs 50] [--bootstrap 100] [--target 0.03]
 """
 
 from __future__ import annotations
@@ -115,12 +126,177 @@ def flops_to_reach(history: list[tuple], width: float) -> float:
     return math.inf
 
 
+# ---- the autopilot's loop against a static grid ------------------------------------------------
+
+LAWS = (  # (law, rho) of the synthetic cells; sp50+int4 multiplicative times the last number
+    ({"A": 50.0, "alpha": 0.34, "B": 16.0, "beta": 0.28, "E": 1.5}, 0.85, 0.9, 1.0),
+    ({"A": 30.0, "alpha": 0.30, "B": 25.0, "beta": 0.30, "E": 1.8}, 0.8, 0.95, 0.97),
+    ({"A": 80.0, "alpha": 0.38, "B": 10.0, "beta": 0.25, "E": 1.2}, 0.9, 0.85, 1.03),
+)
+
+
+def autopilot_spec(name: str, target: float, bootstrap: int, budget: float, round_flops: float):
+    text = (
+        f"name: {name}\nmodels: [tiny, 100k, 200k]\ntokens: [8192, 32768]\n"
+        "formats: [dense, sp50, int4, sp50+int4]\nseeds: [0, 1]\n"
+        f"adaptive: {{question: composition sp50 int4, target: {target}, "
+        f"budget_flops: {budget:.6g}, round_flops: {round_flops:.6g}, bootstrap: {bootstrap}}}\n"
+    )
+    return text
+
+
+def truth_of(index: int, salt: int) -> dict:
+    law, sp50, int4, factor = LAWS[index % len(LAWS)]
+    rho = {"dense": 1.0, "sp50": sp50, "int4": int4, "sp50+int4": sp50 * int4 * factor}
+    return {"law": law, "rho": rho, "shared_sd": 0.02, "own_sd": 0.004, "salt": salt}
+
+
+def run_autopilot(folder, truth: dict, text: str, on_ray: bool):
+    """One loop in `folder` (store and the double's control folder): its rounds."""
+    import json
+    from pathlib import Path
+
+    from orchestrator import autopilot, rounds
+    from orchestrator.cells import expand
+    from orchestrator.driver import Driver
+    from orchestrator.driver import plan as plan_cells
+    from orchestrator.spec import parse_spec
+    from orchestrator.store import Store
+
+    folder = Path(folder)
+    (folder / "double").mkdir(parents=True, exist_ok=True)
+    (folder / "double" / "sleep_s").write_text("0")
+    (folder / "double" / "law.json").write_text(json.dumps(truth))
+    store = Store(folder / "store")
+    store.create()
+    spec = parse_spec(text)
+    cells = expand(spec)
+    for cell in cells:
+        store.put_cell(cell)
+    store.put_sweep(spec.name, text, [cell.cell_id for cell in cells])
+    from doubles import law_cell
+
+    def on_ray_cells(cells):
+        driver = Driver(spec.name, store, resources=spec.resources, retries=0, cell_fn=law_cell)
+        counts = driver.run(plan_cells(cells, store))
+        return 1 if counts["failed"] else 0
+
+    def in_process(cells):
+        for cell in cells:
+            if not store.has_result(cell.cell_id):
+                law_cell(cell, store.uri, 1)
+                store.record(cell.cell_id, "done", 1)
+        return 0
+
+    run_cells = on_ray_cells if on_ray else in_process
+    autopilot.run(spec, store, cells, run_cells, say=lambda _: None)
+    return spec, cells, rounds.rows(store, spec.name)
+
+
+def static_flops(spec, cells, truth: dict, level: float, target: float, most: int) -> float:
+    """FLOPs of the spec's grid with whole seeds added until the interval at `level` is as
+    narrow as `target` (inf: not within `most` seeds)."""
+    import pandas as pd
+
+    from compscale.questions import answer, parse_question, unified_fit
+    from orchestrator.autopilot import sweep_flops
+
+    sys_path_tests()
+    from doubles import law_loss
+
+    question = parse_question(spec.adaptive.question)
+    base = [cell for cell in cells if cell.seed == 0]
+    grid = list(cells)
+    seeds = 1 + max(cell.seed for cell in cells)
+    while True:
+        rows = [
+            {
+                "params": c.params,
+                "tokens": c.tokens,
+                "format": c.format,
+                "seed": c.seed,
+                "val_loss": law_loss(c, truth),
+            }
+            for c in grid
+        ]
+        fit = unified_fit(pd.DataFrame(rows), FitOptions(bootstrap=spec.adaptive.bootstrap, seed=0))
+        if answer(question, fit, level).half_width <= target:
+            return sweep_flops(grid)
+        if seeds >= most:
+            return math.inf
+        grid += [c.model_copy(update={"seed": seeds}) for c in base]
+        seeds += 1
+
+
+def sys_path_tests() -> None:
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+
+
+def autopilot_main(args: argparse.Namespace) -> None:
+    import tempfile
+
+    sys_path_tests()
+    from orchestrator.driver import connect
+
+    started = time.perf_counter()
+    connect()
+    budget, round_flops = 4.0e12, 2.0e11
+    ratios = []
+    for index in range(args.laws):
+        for repetition in range(args.repetitions):
+            truth = truth_of(index, salt=100 * index + repetition)
+            text = autopilot_spec("bench", args.target, args.bootstrap, budget, round_flops)
+            with tempfile.TemporaryDirectory() as folder:
+                spec, cells, rows = run_autopilot(folder, truth, text, on_ray=True)
+            last = rows[-1]
+            loop = last["flops"] if last["stopped"] == "target reached" else math.inf
+            grid = static_flops(spec, cells, truth, last["level"], args.target, most=40)
+            ratios.append(grid / loop)
+            print(
+                f"law {index} rep {repetition}: loop {loop:.3g} FLOPs in {len(rows)} rounds "
+                f"({last['stopped']}), static grid {grid:.3g}: {grid / loop:.3g}x "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+    print(f"median static / loop FLOPs: {np.median(ratios):.3g}x over {len(ratios)} runs")
+
+    misses, runs = 0, []
+    for run in range(args.coverage_runs):
+        truth = truth_of(run, salt=10_000 + run)
+        true = math.log(truth["rho"]["sp50+int4"] / (truth["rho"]["sp50"] * truth["rho"]["int4"]))
+        text = autopilot_spec("cover", args.coverage_target, 40, 1.2e12, 2.0e11)
+        with tempfile.TemporaryDirectory() as folder:
+            _, _, rows = run_autopilot(folder, truth, text, on_ray=False)
+        last = rows[-1]
+        missed = not math.log(last["low"]) <= true <= math.log(last["high"])
+        misses += missed
+        runs.append(len(rows))
+    print(
+        f"coverage: the final interval missed the true log ratio in {misses} of "
+        f"{args.coverage_runs} runs ({100 * misses / max(args.coverage_runs, 1):.0f}%; "
+        f"{np.mean(runs):.1f} rounds each; {time.perf_counter() - started:.0f} s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--bootstrap", type=int, default=50)
+    parser.add_argument("--autopilot", action="store_true", help="benchmark the real loop")
+    parser.add_argument("--laws", type=int, default=3, help="--autopilot: synthetic laws")
+    parser.add_argument("--target", type=float, default=0.03, help="--autopilot: half-width")
+    parser.add_argument("--coverage-runs", type=int, default=50)
+    parser.add_argument("--coverage-target", type=float, default=0.01)
     args = parser.parse_args()
+    if args.autopilot:
+        autopilot_main(args)
+        return
     started = time.perf_counter()
     runs = []
     for seed in range(args.repetitions):

@@ -164,3 +164,124 @@ def random_picks(
         picks.append(pick)
         left -= cost[pick]
     return picks
+
+
+# ---- paired design: whole (N, D, seed) groups valued on the reducer's paired fit -------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """A new seed at (N, D): one cell of every format, trained from the same weights and batches.
+    `flops`: what training it costs (6 N D per cell unless the caller knows better: a ladder
+    shares its trunk)."""
+
+    params: float
+    tokens: float
+    formats: tuple[str, ...]
+    flops: float = 0.0
+
+    @property
+    def cost(self) -> float:
+        return self.flops or 6.0 * self.params * self.tokens * len(self.formats)
+
+
+@dataclass(frozen=True)
+class GroupProposal:
+    """Groups picked in order (indices into the candidates; a repeat is one more seed), the
+    FLOPs they cost, and the judged quantities' summed variance before and after (linearised)."""
+
+    picks: list[int]
+    flops: float
+    variance_before: float
+    variance_after: float
+
+
+def shared_noise(fit, results) -> tuple[float, float]:
+    """(own, shared) sd of log loss: own from the paired fit's residuals, shared from how the
+    (N, D, seed) groups' mean residuals scatter between seeds of one (N, D) (the seed's luck)."""
+    import pandas as pd
+
+    own = float(fit.fit_error["rmse_log_loss"])
+    predicted = fit.fitted.predict(results["params"], results["tokens"], results["format"])
+    frame = pd.DataFrame(
+        {
+            "residual": np.log(results["val_loss"].to_numpy(float)) - np.log(predicted),
+            "params": results["params"].to_numpy(),
+            "tokens": results["tokens"].to_numpy(),
+            "seed": results["seed"].to_numpy(),
+        }
+    )
+    means = frame.groupby(["params", "tokens", "seed"])["residual"].mean().reset_index()
+    spread = means.groupby(["params", "tokens"])["residual"]
+    dof = int((spread.count() - 1).clip(lower=0).sum())
+    if dof == 0:
+        return own, 10 * own  # not measured yet: treat the seed's luck as large
+    shared = math.sqrt(float(spread.var(ddof=1).fillna(0) @ (spread.count() - 1)) / dof)
+    return own, shared
+
+
+def propose_groups(
+    goals: np.ndarray,
+    fit,
+    candidates: Sequence[Group],
+    budget_flops: float,
+    *,
+    own_noise: float,
+    shared_noise: float,
+    max_copies: int | Sequence[int] | None = None,
+) -> GroupProposal:
+    """Greedy picks of the group that most shrinks the summed variance of the judged quantities
+    (`goals`: resamples x quantities, from the same resamples as `fit.bootstrap_samples`) per
+    FLOP, until no group fits `budget_flops` or none helps.
+
+    The update is the module docstring's, for a group observed at once: its cells' log losses h
+    (predicted in every resample of the paired fit) come with noise of covariance
+    own^2 I + shared^2 J (the seed's luck is common to the group, which the paired fit removes),
+    so the target covariance shrinks by C_gh (C_hh + R)^-1 C_hg. A second copy (another seed)
+    of a group is valued after the first, which is the diminishing return. `max_copies`: picks
+    of each group at most (one number for all, or one per group)."""
+    if budget_flops <= 0 or not candidates:
+        return GroupProposal([], 0.0, math.nan, math.nan)
+    samples, names = fit.bootstrap_samples, fit.names
+    base = [samples[:, names.index(name)][:, None] for name in ("A", "alpha", "B", "beta", "E")]
+    A, alpha, B, beta, E = base
+    columns, slices = [goals], []
+    start = goals.shape[1]
+    for group in candidates:
+        rho = np.column_stack([samples[:, names.index(f"rho[{f}]")] for f in group.formats])
+        h = np.log(A * (group.params * rho) ** -alpha + B * group.tokens**-beta + E)
+        columns.append(h)
+        slices.append(np.arange(start, start + h.shape[1]))
+        start += h.shape[1]
+    draws = np.column_stack(columns)
+    covariance = np.atleast_2d(np.cov(draws, rowvar=False))
+    targets = np.arange(goals.shape[1])
+    before = float(np.trace(covariance[np.ix_(targets, targets)]))
+    cost = np.array([group.cost for group in candidates])
+    copies = np.zeros(len(candidates), dtype=int)
+    cap = np.broadcast_to(np.inf if max_copies is None else max_copies, len(candidates))
+    picks, left = [], budget_flops
+
+    def update(index: int) -> tuple[float, np.ndarray]:
+        cells = slices[index]
+        k = len(cells)
+        noise = own_noise**2 * np.eye(k) + shared_noise**2 * np.ones((k, k))
+        inner = covariance[np.ix_(cells, cells)] + noise
+        gain = covariance[:, cells] @ np.linalg.solve(inner, np.eye(k))
+        change = gain @ covariance[cells, :]
+        return float(np.trace(change[np.ix_(targets, targets)])), change
+
+    while True:
+        affordable = [i for i in range(len(candidates)) if cost[i] <= left and copies[i] < cap[i]]
+        if not affordable:
+            break
+        values = {i: update(i) for i in affordable}
+        best = max(affordable, key=lambda i: values[i][0] / cost[i])
+        if values[best][0] <= 1e-9 * before:
+            break
+        covariance = covariance - values[best][1]
+        copies[best] += 1
+        picks.append(best)
+        left -= cost[best]
+    after = float(np.trace(covariance[np.ix_(targets, targets)]))
+    return GroupProposal(picks, budget_flops - left, before, after)

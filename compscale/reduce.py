@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from io import StringIO
 from pathlib import Path
 from typing import TypeVar
@@ -79,6 +79,9 @@ class Reduction:
     heldout: pd.DataFrame
     fitted: laws.FittedLaw
     metrics: ReductionMetrics
+    # the unified fit itself, bootstrap draws included (`compscale.questions` reads them); not
+    # written: a reduction read back from disk has None
+    unified: laws.FitResult | None = field(default=None, repr=False, compare=False)
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Each table as `<name>.parquet`, everything as `reduction.json`; atomic renames."""
@@ -345,6 +348,7 @@ def reduce(
         heldout=heldout,
         fitted=fitted,
         metrics=metrics,
+        unified=fit,
     )
 
 

@@ -144,11 +144,14 @@ def open_store(args: argparse.Namespace, must_exist: bool = True, claims: bool =
 
 def load(spec_path: str) -> tuple[SweepSpec, str, list[CellConfig]]:
     """The spec, its text and its cells; every spec error surfaces here, before Ray or the store."""
+    from orchestrator.autopilot import check
     from orchestrator.cells import expand
     from orchestrator.spec import load_spec
 
     spec = load_spec(spec_path)
-    return spec, Path(spec_path).read_text(), expand(spec, source=spec_path)
+    cells = expand(spec, source=spec_path)
+    check(spec, cells, source=spec_path)  # an adaptive sweep's budget against round 0's cost
+    return spec, Path(spec_path).read_text(), cells
 
 
 def cell_function(spec: str | None) -> CellFunction | None:
@@ -326,10 +329,15 @@ def submit(args: argparse.Namespace) -> int:
     from orchestrator.driver import plan as plan_cells
     from orchestrator.tasks import LEASE_S
 
-    spec, text, cells = load(args.spec)
+    spec, text, spec_cells = load(args.spec)
     store = open_store(args, must_exist=False, claims=True)
     store.create()
     with _hold_sweep(args, store, spec.name) as claim:
+        cells = spec_cells
+        if spec.adaptive is not None:  # and the cells its rounds added so far
+            from orchestrator.autopilot import all_cells
+
+            cells = all_cells(store, spec.name, spec_cells)
         cell_ids = [cell.cell_id for cell in cells]
         if spec.name in store.sweep_names():
             before = set(store.manifest(spec.name))
@@ -341,9 +349,43 @@ def submit(args: argparse.Namespace) -> int:
         store.put_sweep(spec.name, text, cell_ids)
         if not args.detach:
             lease_s = args.lease_s or LEASE_S
+            if spec.adaptive is not None:
+                return _run_adaptive(args, spec, store, spec_cells, claim)
             planned = plan_cells(cells, store, lease_s=lease_s, retries=spec.retries)
             return _run(args, spec, store, planned, claim)
     return _detach(args, spec.name, store)  # released first: the background driver takes it
+
+
+def _run_adaptive(
+    args: argparse.Namespace,
+    spec: SweepSpec,
+    store: Store,
+    spec_cells: list[CellConfig],
+    claim: SweepClaim,
+) -> int:
+    """The autopilot's rounds (`orchestrator.autopilot`), each run as `_run` runs a sweep, on one
+    Ray connection for all of them."""
+    from orchestrator import autopilot
+    from orchestrator.driver import LEASE_S, connect
+    from orchestrator.driver import plan as plan_cells
+
+    def run_cells(cells: list[CellConfig]) -> int:
+        lease_s = args.lease_s or LEASE_S
+        planned = plan_cells(cells, store, lease_s=lease_s, retries=spec.retries)
+        return _run(args, spec, store, planned, claim)
+
+    started_ray = connect(args.address)
+    try:
+        return autopilot.run(spec, store, spec_cells, run_cells, say=_say)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
 def _detach(args: argparse.Namespace, name: str, store: Store) -> int:
@@ -438,7 +480,27 @@ def status(args: argparse.Namespace) -> int:
             print(f"\n--- {item.cell_id}, attempt {item.attempt} ---\n{item.event['traceback']}")
     counts = Counter(item.state for item in statuses)
     print(", ".join(f"{state} {count}" for state, count in sorted(counts.items())))
+    _print_rounds(store, args.sweep)
     return 0
+
+
+def _print_rounds(store: Store, sweep: str) -> None:
+    """An adaptive sweep's rounds (`orchestrator.rounds`), one line each; nothing otherwise."""
+    from orchestrator import rounds
+    from orchestrator.autopilot import describe
+
+    rows = rounds.rows(store, sweep)
+    if not rows:
+        return
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec(store.spec_text(sweep), source=store.layout.sweep(sweep).spec)
+    target = spec.adaptive.target if spec.adaptive is not None else None
+    print(f'\nautopilot rounds ({len(rows)}; compscale query "select * from rounds"):')
+    for row in rows:
+        print(f"  {describe(row, target)}")
+    if not rows[-1]["stopped"]:
+        print(f"  round {len(rows)} is running or was interrupted (submit again to resume)")
 
 
 def rerun(args: argparse.Namespace) -> int:
@@ -453,8 +515,11 @@ def rerun(args: argparse.Namespace) -> int:
         return _detach(args, args.sweep, store)
     source = store.layout.sweep(args.sweep).spec
     spec = parse_spec(store.spec_text(args.sweep), source=source)
-    members = set(store.manifest(args.sweep))
-    cells = [cell for cell in expand(spec, source=source) if cell.cell_id in members]
+    members = store.manifest(args.sweep)
+    cells = [cell for cell in expand(spec, source=source) if cell.cell_id in set(members)]
+    known = {cell.cell_id for cell in cells}  # an adaptive sweep's rounds added the others
+    cells += [store.load_cell(cell_id) for cell_id in members if cell_id not in known]
+    members = set(members)
     if args.cells:
         unknown = sorted(set(args.cells) - members)
         if unknown:

@@ -121,6 +121,42 @@ class ExtraCell(_Strict):
         return self
 
 
+class Adaptive(_Strict):
+    """An adaptive sweep (docs/autopilot.md): after round 0 (the spec's cells) the driver adds
+    whole (N, D, seed) groups, those that shrink the question's interval most per FLOP, round by
+    round, until the interval is `target` wide (half-width, on the log scale: 0.1 ~ +-10%), the
+    next round would pass `budget_flops`, or no candidate helps."""
+
+    question: str = Field(
+        description="composition A B | rho FORMAT | order F1 F2 ... | predict N D FORMAT"
+    )
+    target: float | None = Field(
+        default=None, gt=0, description="half-width of the interval that decides (not for order)"
+    )
+    budget_flops: float = Field(gt=0, description="hard cap on the sweep's FLOPs, round 0 in")
+    round_flops: float = Field(gt=0, description="FLOPs one round after round 0 may add")
+    level: float = Field(default=0.95, gt=0, lt=1, description="coverage over all looks")
+    bootstrap: int = Field(default=200, ge=20, description="resamples of each round's fit")
+    seed: int = Field(default=0, ge=0, description="the fits' bootstrap seed")
+    max_seeds: int = Field(default=8, ge=1, description="seeds per (N, D) at most")
+    token_factors: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1.0, 2.0],
+        description="candidate token budgets: each model's budgets times these",
+    )
+
+    @model_validator(mode="after")
+    def _question(self) -> Adaptive:
+        from compscale.questions import parse_question
+
+        try:
+            question = parse_question(self.question, canonical_format)
+        except ValueError as error:
+            raise ValueError(f"question: {error}") from None
+        if self.target is None and not question.judged_on_sign:
+            raise ValueError("target: expected a positive half-width for this question")
+        return self
+
+
 class SweepSpec(_Strict):
     """A sweep: the grid models × token budgets × formats × seeds, plus extra cells.
 
@@ -141,6 +177,9 @@ class SweepSpec(_Strict):
     retries: int = Field(default=2, ge=0, description="application-error retries per cell")
     max_in_flight: int = Field(default=0, ge=0, description="cells submitted at once; 0 = auto")
     extra_cells: list[ExtraCell] = Field(default_factory=list)
+    adaptive: Adaptive | None = Field(
+        default=None, description="ask a question and let the driver add cells until answered"
+    )
     trackers: list[InstalledTracker] = Field(
         default_factory=list,
         description="where each cell's loss rows are mirrored besides the store: tensorboard, "
@@ -155,7 +194,24 @@ class SweepSpec(_Strict):
             raise ValueError("tokens: expected tokens and/or tokens_per_param for the grid")
         if not self.models and not self.extra_cells:
             raise ValueError("models: the sweep has no cells; expected models or extra_cells")
+        if self.adaptive is not None:
+            self._can_answer(self.adaptive)
         return self
+
+    def _can_answer(self, adaptive: Adaptive) -> None:
+        """The grid's formats include every format the question needs (dense anchors rho, a
+        composition needs A, B and A+B), so that each round's groups can answer it."""
+        from compscale.questions import parse_question
+
+        question = parse_question(adaptive.question, canonical_format)
+        if not self.models:
+            raise ValueError("adaptive.question: an adaptive sweep needs a grid (models, formats)")
+        for name in question.needed():
+            if name not in self.formats:
+                raise ValueError(
+                    f"adaptive.question: {question.text!r} needs format {name}, which the "
+                    f"spec's formats ({', '.join(self.formats)}) lack"
+                )
 
     def train_for(self, *overrides: BaseModel) -> TrainConfig:
         """The sweep's training settings with each override laid on in order (model, then cell)."""
@@ -196,9 +252,9 @@ def _describe(error: dict[str, Any]) -> str:
         allowed = ", ".join(_fields_at(error["loc"][:-1]))
         return f"{path}: unknown field (a typo?); expected one of: {allowed}"
     message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
-    nested = re.match(r"^([a-z_]+): (.*)$", message)  # a whole-model check naming its field
-    if nested and not path:
-        path, message = nested.groups()
+    nested = re.match(r"^([a-z_.]+): (.*)$", message)  # a whole-model check naming its field
+    if nested and (not path or isinstance(error["input"], dict)):  # a model's own check
+        path, message = ".".join(filter(None, (path, nested[1]))), nested[2]
     if error["type"] not in ("missing", "value_error") and not isinstance(error["input"], dict):
         message += f", got {error['input']!r}"
     return f"{path or '(top level)'}: {message}"

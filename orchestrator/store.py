@@ -4,7 +4,8 @@ Every file is written once under a temporary name and renamed into place, and st
 files (status events), so a crash leaves the old state or the new one and no file is rewritten by
 every task. The only rewritten files are per cell (its heartbeat) or per sweep (its manifest).
 Reads go through DuckDB views: `cells`, `status` (latest event per cell), `events` (all of them),
-`losses` (one row per step, highest attempt), `losses_raw` (every row), `results`, `sweeps`.
+`losses` (one row per step, highest attempt), `losses_raw` (every row), `results`, `sweeps`,
+`rounds` (adaptive sweeps' rounds, `orchestrator.rounds`).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class ReadOnlyQuery(ValueError):
         )
 
 
-VIEWS = ("cells", "status", "events", "losses_raw", "losses", "results", "sweeps")
+VIEWS = ("cells", "status", "events", "losses_raw", "losses", "results", "sweeps", "rounds")
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}  # DuckDB statement types that only read
 
 
@@ -507,6 +508,11 @@ class Store:
             return RESULT_SCHEMA.empty_table()
         tables = [pq.read_table(p, filesystem=self.fs) for p in paths]
         return pa.concat_tables(tables, promote_options="permissive")
+
+    def _rounds_relation(self) -> pa.Table:
+        from orchestrator.rounds import table
+
+        return table(self)
 
     def _sweeps_relation(self) -> pa.Table:
         rows = [{"sweep": s, "cell_id": c} for s in self.sweep_names() for c in self.manifest(s)]

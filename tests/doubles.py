@@ -8,13 +8,15 @@ store on S3) so that tests in other processes
 - `misconfigured/<cell_id>`: raise FileNotFoundError for its data, as a cell with missing token
   shards does (a configuration error: never retried);
 - `kill/<cell_id>`: SIGKILL its own process after the first flush, once (the file is consumed);
-- `sleep_s`: total seconds a cell sleeps (default 0.2).
+- `sleep_s`: total seconds a cell sleeps (default 0.2);
+- `law.json`: the known law `law_cell` draws final losses from (default LAW, LAW_RHO).
 A cell of world size k > 1 checks that it runs in a torch process group of k ranks (all_reduce);
 only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -22,6 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,6 +45,45 @@ def control_dir(store_uri: str) -> Path:
 
 
 def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict:
+    return _train(cell, store_uri, attempt, final_loss=None)
+
+
+# A known unified law at the tiny presets' scale (N ~ 5e4-2e5 parameters, D ~ 1e4-1e5 tokens).
+LAW = {"A": 50.0, "alpha": 0.34, "B": 16.0, "beta": 0.28, "E": 1.5}
+LAW_RHO = {"dense": 1.0, "sp50": 0.85, "int4": 0.9, "sp50+int4": 0.765, "int2": 0.5, "int3": 0.75}
+SHARED_SD, OWN_SD = 0.02, 0.003  # log-loss noise: a seed's luck (all formats of (N, D, seed)), own
+
+
+def law_loss(cell: CellConfig, truth: dict | None = None) -> float:
+    """The cell's validation loss under LAW and LAW_RHO with seeded noise: one draw shared by the
+    (N, D, seed) group, as a real seed's initial weights and batches are, and one of its own.
+    `truth` (a `law.json` in the control folder, for benchmarks) replaces any of law, rho,
+    shared_sd, own_sd and adds a `salt` to the noise seeds."""
+    truth = truth or {}
+    law, rho = LAW | truth.get("law", {}), LAW_RHO | truth.get("rho", {})
+    salt = int(truth.get("salt", 0))
+    group = np.random.default_rng([cell.params, cell.tokens, cell.seed, salt])
+    own = np.random.default_rng([cell.params, cell.tokens, cell.seed, salt, *cell.format.encode()])
+    mean = (
+        law["A"] * (cell.params * rho[cell.format]) ** -law["alpha"]
+        + law["B"] * cell.tokens ** -law["beta"]
+        + law["E"]
+    )
+    shared, own_sd = truth.get("shared_sd", SHARED_SD), truth.get("own_sd", OWN_SD)
+    return float(mean * np.exp(group.normal(0, shared) + own.normal(0, own_sd)))
+
+
+def law_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None) -> dict:
+    """`run_cell` whose final validation loss follows LAW (`law_loss`): for adaptive sweeps."""
+    cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
+    truth_file = control_dir(store_uri) / "law.json"
+    truth = json.loads(truth_file.read_text()) if truth_file.exists() else None
+    return _train(cell, store_uri, attempt, final_loss=law_loss(cell, truth))
+
+
+def _train(
+    cell: CellConfig | dict, store_uri: str, attempt: int | None, final_loss: float | None
+) -> dict:
     cell = cell if isinstance(cell, CellConfig) else CellConfig.model_validate(cell)
     control = control_dir(store_uri)
     store = Store(store_uri)
@@ -65,6 +107,8 @@ def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None
         time.sleep(sleep_s / STEPS)
         elapsed = time.perf_counter() - started
         loss = 5.0 / (1 + step) + 1e-7 * cell.seed
+        if final_loss is not None:
+            loss = final_loss * (1 + STEPS) / (1 + step)
         rows.append(
             {
                 "cell_id": cell.cell_id,
@@ -96,8 +140,8 @@ def run_cell(cell: CellConfig | dict, store_uri: str, attempt: int | None = None
         "tokens": STEPS * tokens_per_step,
         "format": cell.format,
         "seed": cell.seed,
-        "val_loss": 5.0 / (1 + STEPS),
-        "train_loss": 5.0 / (1 + STEPS),
+        "val_loss": 5.0 / (1 + STEPS) if final_loss is None else final_loss,
+        "train_loss": 5.0 / (1 + STEPS) if final_loss is None else final_loss,
         "steps": STEPS,
         "wall_time_s": wall,
         "tokens_per_s": STEPS * tokens_per_step / wall,

@@ -16,6 +16,9 @@ from strings, so the layout in docs/contracts.md is written down in code exactly
     sweeps/<name>/spec.yaml, manifest.json, cancel/<utc-ts>.json, driver.log
     sweeps/<name>/drivers/<generation:06d>.json            driver claims; the highest one holds
     sweeps/<name>/reduction/, report/                      reducer tables and the report
+    sweeps/<name>/rounds/round-<r:06d>.json, .parquet      an adaptive sweep's rounds: the cells
+                                                           a round adds (created once, before
+                                                           they run), then its row (after)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ CHECKPOINT_NAME = re.compile(r"^step-(?P<steps>\d{9})\.pt$")
 # Files found by listing the whole store (paths relative to its root).
 LOSS_PART = re.compile(r"(^|/)cells/[^/]+/losses/attempt-\d+/part-\d+\.parquet$")
 RESULT = re.compile(r"(^|/)cells/[^/]+/result\.parquet$")
+ROUND_NAME = re.compile(r"^round-(?P<round>\d{6})\.(?P<kind>json|parquet)$")
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,18 @@ class SweepPaths:
     @property
     def report(self) -> str:
         return f"{self.directory}/report"
+
+    @property
+    def rounds(self) -> str:
+        return f"{self.directory}/rounds"
+
+    def round_cells(self, round_index: int) -> str:
+        """The cells an adaptive round adds (created once, before they run)."""
+        return f"{self.rounds}/round-{round_index:06d}.json"
+
+    def round_row(self, round_index: int) -> str:
+        """The round's row of the `rounds` table (written once, after its fit)."""
+        return f"{self.rounds}/round-{round_index:06d}.parquet"
 
 
 @dataclass(frozen=True)
