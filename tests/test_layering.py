@@ -31,13 +31,26 @@ def module_imports(root: Path, packages: list[str]) -> dict[str, set[str]]:
     graph = {}
     for module, path in modules.items():
         imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {known(alias.name) for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported |= {known(f"{node.module}.{alias.name}") for alias in node.names}
         graph[module] = imported - {None, module}
     return graph
+
+
+def _runtime_nodes(tree: ast.Module) -> list[ast.AST]:
+    """Every node but those under `if TYPE_CHECKING:`, which only type checkers import (an
+    annotation naming a class of a module that imports this one is no circle at run time)."""
+    skipped = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
 
 
 def import_circle(graph: dict[str, set[str]]) -> list[str] | None:
