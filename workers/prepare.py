@@ -228,16 +228,18 @@ def prepare_shards(
     text_field: str = "text",
     workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
-    part_bytes: int = PART_BYTES,
+    part_bytes: int | None = None,
     progress: bool = False,
 ) -> dict:
     """Tokenize the documents at `source` (a text file or jsonl/Parquet, or a folder of them)
     into `out_dir` (train.bin, val.bin, meta.json, and tokenizer.json unless the tokenizer is
-    `bytes`) with `workers` processes (default: every core). Returns the meta.json content."""
+    `bytes`) with `workers` processes (default: every core), in parts of `part_bytes` of text
+    (default `PART_BYTES`). Returns the meta.json content."""
     out_dir = Path(out_dir)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     workers = workers or default_workers()
+    part_bytes = part_bytes or PART_BYTES
     kind, argument = tokenizers.parse_spec(tokenizer)
     given = tokenizers.load_json(argument) if kind == "json" else None
     inputs = documents.list_inputs(str(source))
