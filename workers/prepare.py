@@ -234,7 +234,8 @@ def prepare_shards(
     """Tokenize the documents at `source` (a text file or jsonl/Parquet, or a folder of them)
     into `out_dir` (train.bin, val.bin, meta.json, and tokenizer.json unless the tokenizer is
     `bytes`) with `workers` processes (default: every core), in parts of `part_bytes` of text
-    (default `PART_BYTES`). Returns the meta.json content."""
+    (default `PART_BYTES`). Returns the meta.json content. The workers are spawned, so a script
+    calling this needs the `if __name__ == "__main__":` guard."""
     out_dir = Path(out_dir)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
