@@ -49,10 +49,13 @@ def _data_prepare(args: argparse.Namespace) -> int:
     from workers.prepare import prepare_shards
 
     meta = prepare_shards(
-        args.text_dir,
+        args.source,
         args.out_dir,
         val_fraction=args.val_fraction,
         tokenizer=args.tokenizer,
+        text_field=args.text_field,
+        workers=args.workers,
+        part_bytes=args.part_bytes,
         progress=not args.quiet,
     )
     print(json.dumps(meta))
@@ -74,19 +77,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data_commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     prepare = data_commands.add_parser(
         "prepare",
-        help="turn a folder of text files into token shards (bytes, a trained BPE, or yours)",
-        description="Tokenize every file under TEXT_DIR (sorted; streamed in chunks) into "
+        help="turn text files, jsonl or Parquet into token shards (bytes, a trained BPE, or yours)",
+        description="Tokenize the documents at SOURCE (a text file is one document, a jsonl or "
+        "Parquet record another; a folder is read in sorted order) in parallel into "
         "OUT_DIR/train.bin, val.bin (the last --val-fraction of the tokens) and meta.json "
-        "(tokenizer, its fingerprint, vocab_size); prints meta.json. Progress on stderr.",
+        "(tokenizer, its fingerprint, vocab_size); prints meta.json. A killed run resumes when "
+        "run again. Progress on stderr. See docs/data.md.",
     )
-    prepare.add_argument("text_dir")
+    prepare.add_argument("source", help="a folder, or one text, jsonl(.gz/.zst) or Parquet file")
     prepare.add_argument("out_dir")
     prepare.add_argument("--val-fraction", type=float, default=0.05)
     prepare.add_argument(
         "--tokenizer",
         default="bytes",
         help="bytes (one token per byte, vocab 256; default) | bpe:{vocab} (train a byte-level "
-        "BPE on TEXT_DIR, saved as OUT_DIR/tokenizer.json) | PATH/tokenizer.json (your own)",
+        "BPE on SOURCE, saved as OUT_DIR/tokenizer.json) | PATH/tokenizer.json (your own)",
+    )
+    prepare.add_argument(
+        "--text-field", default="text", help="the text of a jsonl or Parquet record (default text)"
+    )
+    prepare.add_argument(
+        "--workers", type=int, default=None, help="tokenizing processes (default: every core)"
+    )
+    prepare.add_argument(
+        "--part-bytes",
+        type=int,
+        default=None,
+        help="text bytes per part, the unit of parallel work and of resuming (default 8 MiB)",
     )
     prepare.add_argument("--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(func=_data_prepare)

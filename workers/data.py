@@ -104,7 +104,7 @@ def _shard_meta(filesystem: pafs.FileSystem, root: str, uri: str) -> tuple[dict,
     if not storage.is_file(filesystem, meta_path):
         raise FileNotFoundError(
             f"data.source {uri!r}: no {SHARD_META} there "
-            "(make shards with `compscale data prepare TEXT_DIR OUT_DIR`)"
+            "(make shards with `compscale data prepare SOURCE OUT_DIR`)"
         )
     meta = json.loads(storage.read_bytes(filesystem, meta_path))
     dtype = SHARD_DTYPES.get(meta.get("dtype"))

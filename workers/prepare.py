@@ -1,81 +1,189 @@
-"""`compscale data prepare`: a folder of text files -> nanoGPT-style shards, streamed.
+"""`compscale data prepare`: text files, jsonl or Parquet -> nanoGPT-style shards, in parallel.
 
-Files are read in sorted order in chunks cut at line ends, encoded a batch of chunks at a time and
-appended to disk, so a corpus larger than memory works (a BPE is trained in a first streaming pass).
-The last `val_fraction` of the tokens becomes `val.bin`. `meta.json` records the tokenizer, its
-fingerprint and vocabulary size; the data fingerprint includes the tokenizer's, so every result
-trained on the shards names its tokenization. Progress goes to stderr.
+The main process reads the documents in order (`workers.documents`), hashes their text and groups
+their pieces into parts of about `part_bytes`; a pool of processes tokenizes the parts, each
+written to its own file under `OUT_DIR/.partial/parts/` (temp + rename). Parts are numbered by
+their place in the stream, so the tokens do not depend on the number of workers, and a killed run
+resumes: parts on disk are kept when the job (inputs, tokenizer, sizes) is the same. Then the parts
+are joined into train.bin and val.bin (the last `val_fraction` of the tokens), and meta.json is
+written last. An error removes the partial state, so no half output is left behind. A BPE is
+trained in a first streaming pass and kept with the parts for a resume.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from workers import documents
 from workers import tokenizer as tokenizers
 from workers.data import SHARD_META
+from workers.documents import InputError, InputFile, Piece
 
 CHUNK_BYTES = 1 << 20
-BATCH_CHUNKS = 16
+PART_BYTES = 8 << 20
 TOKENIZER_FILE = "tokenizer.json"
+PARTIAL_DIR = ".partial"
+IN_FLIGHT_PER_WORKER = 2  # parts queued per worker: keeps each busy, bounds memory
 
 
-def text_files(text_dir: Path) -> list[Path]:
-    if not text_dir.is_dir():
-        raise FileNotFoundError(f"text directory {str(text_dir)!r} does not exist")
-    files = sorted(path for path in text_dir.rglob("*") if path.is_file())
-    if not files:
-        raise ValueError(f"text directory {str(text_dir)!r} holds no files")
-    return files
+def default_workers() -> int:
+    """The cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def _cut(buffer: bytes) -> int:
-    """Where to end a chunk: after the last newline, else before a possibly incomplete UTF-8
-    character at the end (its lead byte is at most 3 bytes back)."""
-    newline = buffer.rfind(b"\n")
-    if newline >= 0:
-        return newline + 1
-    start = len(buffer) - 1
-    while start > 0 and buffer[start] & 0xC0 == 0x80 and len(buffer) - start < 4:
-        start -= 1
-    return start if buffer[start] >= 0xC0 else len(buffer)
+@dataclass
+class Part:
+    """The pieces one worker tokenizes into one file, and which start a separated document."""
+
+    index: int
+    pieces: list[bytes] = field(default_factory=list)
+    separated: list[bool] = field(default_factory=list)
 
 
-def read_chunks(files: list[Path], chunk_bytes: int, advance=None) -> Iterator[bytes]:
-    """Chunks of at most about `chunk_bytes`, each within one file and ending at a line end where
-    the file has one; their concatenation is the files' concatenation. `advance(n)` is told of
-    every n bytes read."""
-    for path in files:
-        with open(path, "rb") as file:
-            carry = b""
-            while block := file.read(chunk_bytes):
-                if advance is not None:
-                    advance(len(block))
-                buffer = carry + block
-                cut = _cut(buffer)
-                if cut:
-                    yield buffer[:cut]
-                carry = buffer[cut:]
-            if carry:
-                yield carry
+@dataclass
+class Totals:
+    """What meta.json says of the text: documents, UTF-8 bytes and their sha256."""
+
+    documents: int = 0
+    text_bytes: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
-def _batches(chunks: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    for chunk in chunks:
-        batch.append(chunk)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _parts(pieces: Iterator[Piece], part_bytes: int, totals: Totals) -> Iterator[Part]:
+    """Pieces grouped into parts of at least `part_bytes` (the last may be smaller), counted."""
+    part, size = Part(0), 0
+    for piece in pieces:
+        part.pieces.append(piece.data)
+        part.separated.append(piece.starts and totals.documents > 0)
+        totals.documents += piece.starts
+        totals.text_bytes += len(piece.data)
+        totals.digest.update(piece.data)
+        size += len(piece.data)
+        if size >= part_bytes:
+            yield part
+            part, size = Part(part.index + 1), 0
+    if part.pieces:
+        yield part
+
+
+class PartialState:
+    """`OUT_DIR/.partial`: the job it belongs to, a trained tokenizer, and the encoded parts. A
+    different job (other inputs, tokenizer or sizes) starts it afresh."""
+
+    def __init__(self, out_dir: Path, job: dict):
+        self.root = out_dir / PARTIAL_DIR
+        job_file = self.root / "job.json"
+        if self.root.exists() and not (
+            job_file.is_file() and json.loads(job_file.read_text()) == job
+        ):
+            shutil.rmtree(self.root)
+        (self.root / "parts").mkdir(parents=True, exist_ok=True)
+        _write_atomic(job_file, json.dumps(job))
+
+    def part(self, index: int) -> Path:
+        return self.root / "parts" / f"{index:08d}.bin"
+
+    def parts_done(self) -> int:
+        return len(list((self.root / "parts").glob("*.bin")))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+_worker_encoder: tokenizers.Encoder | None = None
+
+
+def _start_worker(tokenizer: tokenizers.Tokenizer) -> None:
+    """Pool initializer: one single-threaded encoder per process (the processes are the
+    parallelism; a thread pool in each would only contend for the same cores)."""
+    global _worker_encoder
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_encoder = tokenizers.encoder(tokenizer)
+
+
+def _encode_part(path: str, pieces: list[bytes], separated: list[bool], dtype: str) -> None:
+    ids = _worker_encoder(pieces, separated).astype(dtype)
+    temporary = f"{path}.tmp"
+    ids.tofile(temporary)
+    os.replace(temporary, path)
+
+
+def _encode(
+    parts: Iterator[Part],
+    state: PartialState,
+    tokenizer: tokenizers.Tokenizer,
+    dtype: str,
+    workers: int,
+) -> int:
+    """Tokenize every part not already on disk; returns the number of parts."""
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(tokenizer,),
+    )
+    pending, count = set(), 0
+    try:
+        for part in parts:
+            count += 1
+            path = state.part(part.index)
+            if path.exists():
+                continue
+            pending.add(pool.submit(_encode_part, str(path), part.pieces, part.separated, dtype))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+        for future in wait(pending).done:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return count
+
+
+def _join_parts(state: PartialState, count: int, val_fraction: float, itemsize: int) -> int:
+    """Write the parts, in order, to `.partial/train.bin` and `val.bin`; returns the tokens."""
+    paths = [state.part(index) for index in range(count)]
+    tokens = sum(path.stat().st_size for path in paths) // itemsize
+    split_bytes = int(tokens * (1 - val_fraction)) * itemsize
+    offset = 0
+    with open(state.root / "train.bin", "wb") as train, open(state.root / "val.bin", "wb") as val:
+        for path in paths:
+            data = memoryview(path.read_bytes())
+            head = min(max(split_bytes - offset, 0), len(data))
+            train.write(data[:head])
+            val.write(data[head:])
+            offset += len(data)
+    return tokens
+
+
+def _publish(state: PartialState, out_dir: Path, tokenizer: tokenizers.Tokenizer, meta: dict):
+    """Move the shards into place, meta.json last (a reader trusts a folder by its meta.json)."""
+    (out_dir / SHARD_META).unlink(missing_ok=True)
+    for split in ("train.bin", "val.bin"):
+        os.replace(state.root / split, out_dir / split)
+    if tokenizer.serialized is None:
+        (out_dir / TOKENIZER_FILE).unlink(missing_ok=True)
+    else:
+        _write_atomic(out_dir / TOKENIZER_FILE, tokenizer.serialized)
+    _write_atomic(out_dir / SHARD_META, json.dumps(meta, indent=1) + "\n")
 
 
 def _progress(enabled: bool):
@@ -101,73 +209,107 @@ def _progress(enabled: bool):
     )
 
 
-def _split_tail(path: Path, train: Path, val: Path, split_bytes: int) -> None:
-    """Move the bytes of `path` after `split_bytes` to `val`, the rest to `train`, in blocks."""
-    with open(path, "r+b") as source, open(val, "wb") as target:
-        source.seek(split_bytes)
-        shutil.copyfileobj(source, target, 1 << 24)
-        source.truncate(split_bytes)
-    os.replace(path, train)
+def _job(inputs: list[InputFile], spec: str, text_field: str, chunk_bytes: int, part_bytes: int):
+    """What the parts on disk depend on; a resume reuses them only for the same job."""
+    return {
+        "inputs": [[source.path, source.size, source.mtime_ns] for source in inputs],
+        "tokenizer": spec,
+        "text_field": text_field,
+        "chunk_bytes": chunk_bytes,
+        "part_bytes": part_bytes,
+    }
 
 
 def prepare_shards(
-    text_dir: str | Path,
+    source: str | Path,
     out_dir: str | Path,
     val_fraction: float = 0.05,
     tokenizer: str = "bytes",
+    text_field: str = "text",
+    workers: int | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    part_bytes: int | None = None,
     progress: bool = False,
 ) -> dict:
-    """Tokenize every file under `text_dir` into `out_dir` (train.bin, val.bin, meta.json, and
-    tokenizer.json unless the tokenizer is `bytes`). Returns the written meta.json content."""
-    text_dir, out_dir = Path(text_dir), Path(out_dir)
+    """Tokenize the documents at `source` (a text file or jsonl/Parquet, or a folder of them)
+    into `out_dir` (train.bin, val.bin, meta.json, and tokenizer.json unless the tokenizer is
+    `bytes`) with `workers` processes (default: every core), in parts of `part_bytes` of text
+    (default `PART_BYTES`). Returns the meta.json content. The workers are spawned, so a script
+    calling this needs the `if __name__ == "__main__":` guard."""
+    out_dir = Path(out_dir)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    workers = workers or default_workers()
+    part_bytes = part_bytes or PART_BYTES
     kind, argument = tokenizers.parse_spec(tokenizer)
-    files = text_files(text_dir)
-    total_bytes = sum(path.stat().st_size for path in files)
+    given = tokenizers.load_json(argument) if kind == "json" else None
+    inputs = documents.list_inputs(str(source))
+    job_tokenizer = given.fingerprint if given else tokenizer
+    job = _job(inputs, job_tokenizer, text_field, chunk_bytes, part_bytes)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _progress(progress) as bar:
+    state = None
+    try:
+        state = PartialState(out_dir, job)
+        with _progress(progress) as bar:
 
-        def tracker(description: str):
-            if bar is None:
-                return None
-            task = bar.add_task(description, total=total_bytes)
-            return lambda n: bar.advance(task, n)
+            def tracker(description: str) -> Callable[[int], None]:
+                if bar is None:
+                    return lambda n: None
+                task = bar.add_task(description, total=sum(f.size for f in inputs))
+                return lambda n: bar.advance(task, n)
 
-        if kind == "bpe":
-            chunks = read_chunks(files, chunk_bytes, tracker(f"training {tokenizer}"))
-            encoder = tokenizers.train_bpe(tokenizer, argument, chunks)
-        elif kind == "json":
-            encoder = tokenizers.load_json(argument)
-        else:
-            encoder = tokenizers.byte_tokenizer()
-        # uint16 keeps the nanoGPT layout; a vocabulary beyond it needs uint32.
-        dtype = np.uint16 if encoder.vocab_size <= 1 << 16 else np.uint32
-        digest, tokens = hashlib.sha256(), 0
-        staging = out_dir / "tokens.partial"
-        with open(staging, "wb") as output:
-            chunks = read_chunks(files, chunk_bytes, tracker("encoding"))
-            for batch in _batches(chunks, BATCH_CHUNKS):
-                for chunk, ids in zip(batch, encoder.encode(batch), strict=True):
-                    digest.update(chunk)
-                    ids.astype(dtype).tofile(output)
-                    tokens += len(ids)
-    split = int(tokens * (1 - val_fraction))
-    itemsize = np.dtype(dtype).itemsize
-    _split_tail(staging, out_dir / "train.bin", out_dir / "val.bin", split * itemsize)
-    if encoder.serialized is not None:
-        (out_dir / TOKENIZER_FILE).write_text(encoder.serialized)
-    meta = {
-        "dtype": np.dtype(dtype).name,
-        "vocab_size": encoder.vocab_size,
-        "tokenizer": encoder.name,
-        "tokenizer_fingerprint": encoder.fingerprint,
-        "files": len(files),
-        "bytes": total_bytes,
-        "tokens": tokens,
-        "fingerprint": f"{text_dir.name}:sha256:{digest.hexdigest()[:16]}:{encoder.fingerprint}"
-        f":val{val_fraction:g}",
-    }
-    (out_dir / SHARD_META).write_text(json.dumps(meta, indent=1) + "\n")
+            def pieces(description: str) -> Iterator[Piece]:
+                return documents.pieces(inputs, text_field, chunk_bytes, tracker(description))
+
+            encoder = given or _trained_or_bytes(kind, argument, tokenizer, state, pieces)
+            if bar is not None and state.parts_done():
+                bar.console.print(f"resuming: {state.parts_done()} parts already encoded")
+            # uint16 keeps the nanoGPT layout; a vocabulary beyond it needs uint32.
+            dtype = np.dtype(np.uint16 if encoder.vocab_size <= 1 << 16 else np.uint32)
+            totals = Totals()
+            parts = _parts(pieces("encoding"), part_bytes, totals)
+            count = _encode(parts, state, encoder, dtype.name, workers)
+        tokens = _join_parts(state, count, val_fraction, dtype.itemsize)
+        if tokens == 0:
+            raise InputError(f"input {str(source)!r}: no text (no documents, or only empty ones)")
+        meta = {
+            "dtype": dtype.name,
+            "vocab_size": encoder.vocab_size,
+            "tokenizer": encoder.name,
+            "tokenizer_fingerprint": encoder.fingerprint,
+            "files": len(inputs),
+            "documents": totals.documents,
+            "bytes": totals.text_bytes,
+            "tokens": tokens,
+            "fingerprint": f"{Path(source).name}:sha256:{totals.digest.hexdigest()[:16]}"
+            f":{encoder.fingerprint}:val{val_fraction:g}",
+        }
+        _publish(state, out_dir, encoder, meta)
+    except Exception:
+        if state is not None:
+            shutil.rmtree(state.root, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    shutil.rmtree(state.root)
     return meta
+
+
+def _trained_or_bytes(
+    kind: str,
+    vocab: int | None,
+    spec: str,
+    state: PartialState,
+    pieces: Callable[[str], Iterator[Piece]],
+) -> tokenizers.Tokenizer:
+    """The byte tokenizer, or a BPE trained on the documents (once: a resume reloads it)."""
+    if kind == "bytes":
+        return tokenizers.byte_tokenizer()
+    saved = state.root / TOKENIZER_FILE
+    if saved.is_file():
+        return tokenizers.load_json(saved, name=spec)
+    texts = (piece.data.decode("utf-8", errors="replace") for piece in pieces(f"training {spec}"))
+    trained = tokenizers.train_bpe(spec, vocab, texts)
+    _write_atomic(saved, trained.serialized)
+    return trained

@@ -9,7 +9,8 @@ from tokenizers import Tokenizer
 
 from orchestrator.cli import main
 from workers.data import load_shards
-from workers.prepare import prepare_shards, read_chunks
+from workers.documents import list_inputs, pieces
+from workers.prepare import prepare_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,9 +91,9 @@ def test_small_chunks_change_nothing(texts, tmp_path, tokenizer):
 def test_chunks_never_split_a_character_and_join_to_the_files(tmp_path):
     text = "ünïcødé→" * 500 + "\nshort\n" + "€" * 700  # long lines without a newline to cut at
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
-    chunks = list(read_chunks([tmp_path / "a.txt"], chunk_bytes=10))
-    assert len(chunks) > 100
-    assert "".join(chunk.decode("utf-8") for chunk in chunks) == text
+    chunks = list(pieces(list_inputs(str(tmp_path / "a.txt")), "text", 10, lambda n: None))
+    assert len(chunks) > 100 and [chunk.starts for chunk in chunks].count(True) == 1
+    assert "".join(chunk.data.decode("utf-8") for chunk in chunks) == text
 
 
 @pytest.mark.parametrize("spec", ["bpe:100", "bpe:", "words", "/nowhere/tokenizer.json"])
