@@ -11,11 +11,12 @@ fitters from the same starts (`laws.candidate_starts`):
 Each row prints wall time, time relative to the baseline, and the best objective reached, so that
 speed is never bought with a worse minimum.
 
-Part 2, what users run, each against ONE scipy refine of the same problem measured here (an
-unscaled trust-region Huber least squares from a fixed start): a QuEST-shaped unified fit (104
-runs, 21 parameters, synthetic) with 200 bootstrap resamples; `reduce` of the committed cpu-mini
-store (80 cells, 200 resamples, every table); `reduce` of a smoke-shaped sweep (12 cells).
-Targets on 2 cores: <= 10 s, <= 15 s, <= 3 s. Run: .venv/bin/python benchmarks/fit_speed.py
+Part 2, what users run, each as a ratio to ONE scipy refine of QuEST's 21-parameter problem
+timed in the same run (an unscaled trust-region Huber least squares from the best grid start):
+`fit` of QuEST's 104 public runs (tests/data/quest_runs.csv), `reduce` of the committed cpu-mini
+store (80 cells, every table), and a synthetic table of ~600 runs and 35 formats under `--law`;
+200 bootstrap resamples each. Targets: <= 30x, <= 70x, <= 60x.
+Run: PYTHONPATH=$PWD .venv/bin/python benchmarks/fit_speed.py [--law unified] [--targets-only]
 """
 
 from __future__ import annotations
@@ -120,64 +121,78 @@ def synthetic_results(rho: dict[str, float], sizes, ratios, seed: int = 0) -> pd
     return table.assign(val_loss=table["val_loss"] * np.exp(rng.normal(0, 0.005, len(table))))
 
 
-def quest_shaped() -> pd.DataFrame:
-    """104 runs, 17 formats (21 law parameters): like QuEST's public runs, synthetic."""
-    rho = {"dense": 1.0} | {f"f{i:02d}": 0.25 + 0.045 * i for i in range(16)}
-    table = synthetic_results(rho, (3e7, 1e8, 2e8), (25, 100))
-    extra = synthetic_results({"dense": 1.0}, (5e7,), (25, 100), seed=1)
-    return pd.concat([table, extra], ignore_index=True)
+def synthetic_table() -> pd.DataFrame:
+    """About 600 runs of 35 formats (dense and 34 compressed, 6 sizes x 3 ratios each): the scale
+    of everyone's data in one table."""
+    rho = {"dense": 1.0} | {f"f{i:02d}": 0.2 + 0.023 * i for i in range(34)}
+    return synthetic_results(rho, (3e7, 6e7, 1e8, 2e8, 4e8, 8e8), (20, 50, 100))
 
 
-def end_to_end() -> None:
+def end_to_end(law: str) -> None:
+    """The three targets, each as a ratio to one scipy refine of QuEST's 21-parameter problem
+    (unscaled trust-region Huber least squares from the best grid start) timed in this run."""
     import os
 
     from compscale.reduce import reduce
     from orchestrator.store import Store
 
+    repo = Path(__file__).resolve().parent.parent
     jobs = os.cpu_count() or 1
-    quest = quest_shaped()
-    obs = laws.observations(quest.params, quest.tokens, quest.val_loss, quest.format)
+    quest = pd.read_csv(repo / "tests" / "data" / "quest_runs.csv")
+    params = quest["non_embedding_parameters"]
+    obs = laws.observations(params, quest["tokens"], quest["loss"], quest["format"])
     problem = laws.Problem(laws.make_law("unified", obs), obs, 1e-3)
     start = laws.candidate_starts(problem, top_starts=1)[0]
     begin = time.perf_counter()
     unscaled_polish(problem, start)
     refine = time.perf_counter() - begin
-    store = Path(__file__).resolve().parent.parent / "docs" / "results" / "stores" / "cpu-mini"
-    cpu_mini = Store(store).results("cpu-mini")
-    smoke = synthetic_results({"dense": 1.0, "int4": 0.85, "sp50": 0.75}, (1e5, 3e5), (10, 30))
-    gmse = {"int4": 0.0115, "sp50": 0.0714}.get
+    cpu_mini = Store(repo / "docs" / "results" / "stores" / "cpu-mini").results("cpu-mini")
+    table = synthetic_table()
+    options = laws.FitOptions(jobs=jobs)
     tasks = {
-        "fit QuEST-shaped, 104 runs": (
-            10.0,
+        "fit QuEST's 104 runs (unified)": (
+            30,
             lambda: laws.fit(
-                quest.params,
-                quest.tokens,
-                quest.val_loss,
-                quest.format,
+                params,
+                quest["tokens"],
+                quest["loss"],
+                quest["format"],
                 law="unified",
-                options=laws.FitOptions(jobs=jobs),
+                options=options,
             ),
         ),
-        "reduce cpu-mini, 80 cells": (15.0, lambda: reduce(cpu_mini, laws.FitOptions(jobs=jobs))),
-        "reduce smoke-shaped, 12 cells": (
-            3.0,
-            lambda: reduce(smoke, laws.FitOptions(jobs=jobs), gmse_of=gmse),
+        "reduce cpu-mini, 80 cells": (70, lambda: reduce(cpu_mini, options)),
+        f"fit {len(table)} runs, 35 formats ({law})": (
+            60,
+            lambda: laws.fit(
+                table.params, table.tokens, table.val_loss, table.format, law=law, options=options
+            ),
         ),
     }
-    print(f"\none scipy refine of the QuEST-shaped problem: {refine:.3f} s; {jobs} processes")
+    print(f"\none scipy refine of QuEST's problem: {refine:.3f} s; {jobs} processes")
     print(
-        "{:<34}{:>10}{:>10}{:>16}".format(
-            "task (200 bootstrap resamples)", "seconds", "target", "vs one refine"
-        )
+        "{:<40}{:>10}{:>16}{:>10}".format("task (200 resamples)", "seconds", "vs refine", "target")
     )
     for label, (target, task) in tasks.items():
         begin = time.perf_counter()
         task()
         seconds = time.perf_counter() - begin
-        print(f"{label:<34}{seconds:>10.2f}{target:>10.0f}{seconds / refine:>15.1f}x")
+        print(f"{label:<40}{seconds:>10.2f}{seconds / refine:>15.1f}x{target:>9}x")
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--law", default="unified", help="law of the 600-run synthetic table")
+    parser.add_argument("--targets-only", action="store_true", help="skip part 1 (polishers)")
+    args = parser.parse_args()
+    if not args.targets_only:
+        polishers()
+    end_to_end(args.law)
+
+
+def polishers() -> None:
     header = ("problem", "fitter", "starts", "seconds", "vs baseline", "objective")
     print("{:<24}{:<10}{:>7}{:>10}{:>13}{:>14}".format(*header))
     for label, problem in (
@@ -196,7 +211,6 @@ def main() -> None:
                 f"{total / (base + grid_seconds):>12.3f}x{objective:>14.8g}"
             )
     print("seconds include scoring the 7776-point start grid once (shared by all fitters)")
-    end_to_end()
 
 
 if __name__ == "__main__":

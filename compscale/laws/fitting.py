@@ -12,7 +12,7 @@ from compscale import capacity
 from compscale.laws.bootstrap import Resampler, bootstrap_rows, map_in_processes
 from compscale.laws.cells import Observations, observations
 from compscale.laws.forms import BASE_NAMES, UnifiedGmseLaw, make_law, natural
-from compscale.laws.identify import at_bounds, fit_warnings, unidentified
+from compscale.laws.identify import fit_warnings, profiled, unidentified
 from compscale.laws.options import FitOptions
 from compscale.laws.problem import Problem
 from compscale.laws.results import FitResult, FittedLaw
@@ -111,7 +111,7 @@ def fit(
         "mean_abs_rel_error": float(np.mean(np.abs(np.expm1(residuals)))),
     }
     values = dict(zip(columns, (float(v) for v in estimate), strict=True))
-    notes = at_bounds(problem, theta, objective, columns, ci, with_rho)
+    notes = profiled(problem, theta, objective, columns, ci, with_rho)
     notes |= unidentified(values, ci, notes)
     fitted = FittedLaw(
         law,

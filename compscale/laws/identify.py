@@ -4,7 +4,10 @@ why, and the fit's warnings say both, plus weak identification and a close secon
 
 A parameter at a bound of the fit (moving it onto the bound changes no predicted log loss by more
 than BOUND_TOLERANCE x delta: E ~ 0, a rho ~ 1) is reported with its profile interval: the values
-whose best objective is within PROFILE_TOLERANCE (relative) of the optimum. Alpha below
+whose best objective is within PROFILE_TOLERANCE (relative) of the optimum. So is one whose
+bootstrap interval ends at the estimate (within ONE_SIDED of its width), and one whose profile
+stays within PROFILE_TOLERANCE PROFILE_REACH bootstrap widths beyond that interval: there the
+resamples, each polished from the optimum, do not see how flat the objective is. Alpha below
 ALPHA_FLOOR means loss does not fall with N in the cells, so A, alpha and every capacity lose
 their meaning; any other parameter whose interval is wider than WIDTH_FACTOR times its value is
 not identified either.
@@ -13,8 +16,10 @@ not identified either.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+from scipy.optimize import brentq
 
 from compscale.laws.forms import BASE_NAMES, natural
 from compscale.laws.problem import Problem
@@ -26,6 +31,8 @@ WIDTH_FACTOR = 10.0
 NOT_IDENTIFIED = "not identified"
 PROFILE_STEPS = 12
 PROFILE_BISECTIONS = 6
+ONE_SIDED = 1e-3
+PROFILE_REACH = 2.0
 
 
 def _column_of(problem: Problem, index: int, columns: list[str]) -> str | None:
@@ -36,7 +43,7 @@ def _column_of(problem: Problem, index: int, columns: list[str]) -> str | None:
     return name if name in columns else None
 
 
-def at_bounds(
+def profiled(
     problem: Problem,
     theta: np.ndarray,
     objective: float,
@@ -44,32 +51,79 @@ def at_bounds(
     ci: dict[str, tuple[float, float]],
     with_rho: bool,
 ) -> dict[str, str]:
-    """Notes for parameters at a bound; their `ci` entry becomes the profile interval."""
-    lower, upper = problem.bounds()
-    law, obs = problem.law, problem.obs
-    log_pred = problem.log_prediction(theta)[0]
+    """Notes for parameters whose honest interval is the profile, not the bootstrap (see
+    `_why_profiled`); their `ci` entry becomes the profile interval, and the note says so."""
     notes = {}
-    for index, value in enumerate(theta):
-        nearest = lower[index] if value - lower[index] <= upper[index] - value else upper[index]
-        moved = np.array(theta, dtype=float)
-        moved[index] = nearest
-        shift = np.max(np.abs(problem.log_prediction(moved)[0] - log_pred))
-        at_bound = shift <= BOUND_TOLERANCE * problem.delta
+    for index in range(len(theta)):
         name = _column_of(problem, index, columns)
-        if not at_bound or name is None:
+        if name is None:
             continue
         column = columns.index(name)
-        ends = []
-        for end in (value, *_profile_interval(problem, theta, index, objective)):
+
+        def natural_at(coordinate: float, index: int = index, column: int = column) -> float:
             moved = np.array(theta, dtype=float)
-            moved[index] = end
-            ends.append(float(natural(law, moved, obs, with_rho)[column]))
-        ci[name] = (min(ends[1:]), max(ends[1:]))
+            moved[index] = coordinate
+            return float(natural(problem.law, moved, problem.obs, with_rho)[column])
+
+        why = _why_profiled(problem, theta, objective, index, natural_at, ci.get(name))
+        if why is None:
+            continue
+        profile = _profile_interval(problem, theta, index, objective)
+        low, high = sorted(natural_at(end) for end in profile)
+        ci[name] = (low, high)
         notes[name] = (
-            f"at a bound of the fit ({name} = {ends[0]:.3g}); interval: the profile likelihood "
-            f"(objective within {PROFILE_TOLERANCE:.0%} of the optimum)"
+            f"{why.format(name=name)}; interval: the profile likelihood, any value in "
+            f"[{low:.3g}, {high:.3g}] fits within {PROFILE_TOLERANCE:.0%} of the optimum"
         )
     return notes
+
+
+def _why_profiled(
+    problem: Problem,
+    theta: np.ndarray,
+    objective: float,
+    index: int,
+    natural_at: Callable[[float], float],
+    bootstrap: tuple[float, float] | None,
+) -> str | None:
+    """Why coordinate `index` needs its profile interval, or None: it sits at a bound of the fit;
+    its bootstrap interval ends at the estimate (one-sided: the resamples, each polished from
+    the optimum, never move it one way, which says nothing of how far it could go); or its
+    profile stays within PROFILE_TOLERANCE PROFILE_REACH bootstrap widths beyond that interval."""
+    lower, upper = problem.bounds()
+    value, estimate = theta[index], natural_at(theta[index])
+    moved = np.array(theta, dtype=float)
+    moved[index] = lower[index] if value - lower[index] <= upper[index] - value else upper[index]
+    shift = problem.log_prediction(moved)[0] - problem.log_prediction(theta)[0]
+    if np.max(np.abs(shift)) <= BOUND_TOLERANCE * problem.delta:
+        return f"at a bound of the fit ({{name}} = {estimate:.3g})"
+    if bootstrap is None or not bootstrap[1] > bootstrap[0]:
+        return None
+    interval = f"[{bootstrap[0]:.3g}, {bootstrap[1]:.3g}]"
+    if min(abs(estimate - end) for end in bootstrap) <= ONE_SIDED * np.ptp(bootstrap):
+        return f"its bootstrap interval {interval} ends at the estimate"
+    ends = [_coordinate_of(natural_at, end, lower[index], upper[index]) for end in bootstrap]
+    reach = PROFILE_REACH * abs(ends[1] - ends[0])
+    probes = np.clip((min(ends) - reach, max(ends) + reach), lower[index], upper[index])
+    limit = objective * (1 + PROFILE_TOLERANCE) + 1e-15
+    if all(problem.profile(theta, index, probe)[1] > limit for probe in probes):
+        return None
+    return f"its profile reaches far beyond its bootstrap interval {interval}"
+
+
+def _coordinate_of(
+    natural_at: Callable[[float], float], target: float, low: float, high: float
+) -> float:
+    """The fit coordinate in [low, high] whose natural value is `target` (the map from a fit
+    coordinate to its reported column is monotone); the nearer bound when none is."""
+
+    def gap(x: float) -> float:
+        return natural_at(x) - target
+
+    at_low, at_high = gap(low), gap(high)
+    if at_low * at_high > 0:
+        return low if abs(at_low) < abs(at_high) else high
+    return float(brentq(gap, low, high, xtol=1e-10))
 
 
 def _profile_interval(

@@ -18,8 +18,10 @@ QUEST_FLAGS = ["--law", "unified", "--params-col", "non_embedding_parameters"]
 #   compscale fit tests/data/quest_runs.csv --law unified \
 #       --params-col non_embedding_parameters --bootstrap 0 --json
 # A tighter polish from the same optimum (trf, tol 1e-14) reaches 2.1884113e-4, 1e-4 lower:
-# rho[w8a8-had] sits at its bound of 1 and the default tolerances stop short along it. A faster
-# fit may land lower; then remeasure and say why here.
+# rho[w8a8-had] sits at its bound of 1 and the default tolerances stop short along it. The
+# two-stage polish (plain least squares, then Huber; `laws.problem.two_stage_least_squares`)
+# reaches that lower minimum, 2.1884113108e-4 (E at its bound): a better optimum, not a move, so
+# the pin is an upper bound.
 OBJECTIVE = 0.00021886318828863934
 
 # plots.ipynb (cell 3) fitted L = e^a / (N eff(P))^alpha + e^b / D^beta + e^e by least squares
@@ -58,4 +60,16 @@ def test_unified_fit_of_quest_runs_keeps_todays_objective_with_one_rho_per_forma
     assert set(document["rho"]) == formats and len(formats) == 17
     assert document["rho"]["dense"] == 1.0
     assert all(0 < rho <= 1 for rho in document["rho"].values())
-    assert document["objective"] == pytest.approx(OBJECTIVE, rel=1e-9)
+    assert document["objective"] <= OBJECTIVE * (1 + 1e-9)
+
+
+@pytest.mark.slow
+def test_quests_e_is_reported_with_the_range_that_fits_not_a_point(capsys):
+    # E fixed at 0.3 fits 6.3% worse than the optimum (E ~ 0), E = 0.2 3.9% worse: the cells
+    # cannot tell E = 0 from E = 0.2, and the note says so with the profile interval.
+    assert main(["fit", str(QUEST_CSV), *QUEST_FLAGS, "--bootstrap", "20", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    low, high = document["ci"]["E"]
+    assert low < 1e-6 and 0.2 < high < 0.3
+    assert "any value in" in document["notes"]["E"]
+    assert any(text.startswith("E: ") for text in document["warnings"])

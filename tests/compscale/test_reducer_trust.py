@@ -149,3 +149,18 @@ def test_fit_on_a_table_gives_what_reduce_gives_on_the_same_rows(tmp_path, capsy
         ), name
     table_rho = reduction.rho.set_index("format")["rho"]
     assert document["rho"] == pytest.approx(table_rho.to_dict(), rel=1e-9)
+
+
+def test_cells_that_cannot_place_e_get_the_range_that_fits_in_the_note():
+    # Three sizes within 4x of each other and 1% noise: the cells cannot tell E = 1.69 (truth)
+    # from E ~ 0, and the note says which range fits rather than a number.
+    rng = np.random.default_rng(4)
+    params = np.repeat([2e8, 4e8, 8e8], 3)
+    tokens = params * np.tile([20, 40, 80], 3)
+    loss = TRUTH["A"] * params ** -TRUTH["alpha"] + TRUTH["B"] * tokens ** -TRUTH["beta"]
+    noisy = (loss + TRUTH["E"]) * np.exp(rng.normal(0, 0.01, len(loss)))
+    result = laws.fit(params, tokens, noisy, options=laws.FitOptions(bootstrap=30))
+    low, high = result.ci["E"]
+    assert low < 1e-6 and high > 0.5
+    assert f"any value in [{low:.3g}, {high:.3g}] fits within 5%" in result.notes["E"]
+    assert any(text.startswith("E: ") and "any value in" in text for text in result.warnings)
