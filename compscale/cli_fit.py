@@ -36,14 +36,23 @@ def bootstrap_options() -> argparse.ArgumentParser:
 
 
 def fit_options(args: argparse.Namespace) -> FitOptions:
-    """The `FitOptions` that `bootstrap_options`' flags give (`--jobs 0`: every core)."""
+    """The `FitOptions` that `bootstrap_options`' flags give (`--jobs 0`: every core), and
+    `--select` where the command has it (`fit`, `reduce`)."""
     from compscale.laws import FitOptions
 
     return FitOptions(
-        bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs or os.cpu_count() or 1
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        jobs=args.jobs or os.cpu_count() or 1,
+        select=getattr(args, "select", False),
     )
 
 
+SELECT_FLAG = {
+    "action": "store_true",
+    "help": "also print every law form's leave-one-size-out held-out error (refits each form "
+    "once per model size)",
+}
 LAW_CHOICES = ("chinchilla", "unified", "unified-gmse", "unified-effd", "unified-gamma")
 
 
@@ -69,12 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(A (N rho)^-alpha + B D^-beta)^gamma + E",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--select",
-        action="store_true",
-        help="also print every law form's leave-one-size-out held-out error (refits each form "
-        "once per model size)",
-    )
+    parser.add_argument("--select", **SELECT_FLAG)
     parser.add_argument(
         "--flops-col", default=None, help="column of training FLOP C; tokens are C / (6 N)"
     )
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         _check_grammar_knows(formats, args.dense, path)
     multipliers = multiplier_columns(table, path, formats) if formats else None
     loss = table[loss_name].to_numpy(dtype=float)
-    options = replace(fit_options(args), dense=args.dense, delta=args.delta, select=args.select)
+    options = replace(fit_options(args), dense=args.dense, delta=args.delta)
     with fit_progress() as progress:
         result = laws.fit(
             params,
