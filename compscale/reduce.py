@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from io import StringIO
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +24,7 @@ from compscale.files import atomic_write, write_text_atomic
 
 REQUIRED_COLUMNS = ("params", "tokens", "format", "seed", "val_loss")
 TABLES = ("law", "rho", "capacity", "capacity_rho", "bound", "composition", "heldout")
+SELECTION = "selection"  # written only when `FitOptions.select` asked for it
 JSON_NAME = "reduction.json"
 Fitted = TypeVar("Fitted")
 
@@ -79,6 +80,7 @@ class Reduction:
     heldout: pd.DataFrame
     fitted: laws.FittedLaw
     metrics: ReductionMetrics
+    selection: pd.DataFrame = field(default_factory=pd.DataFrame)
     # the unified fit itself, bootstrap draws included (`compscale.questions` reads them); not
     # written: a reduction read back from disk has None
     unified: laws.FitResult | None = field(default=None, repr=False, compare=False)
@@ -88,12 +90,13 @@ class Reduction:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in TABLES:
+        names = TABLES + ((SELECTION,) if not self.selection.empty else ())
+        for name in names:
             path = out / f"{name}.parquet"
             atomic_write(path, getattr(self, name).to_parquet)
             written.append(path)
         document = {"metrics": self.metrics.to_dict(), "fitted": self.fitted.to_dict()} | {
-            name: json.loads(getattr(self, name).to_json(orient="records")) for name in TABLES
+            name: json.loads(getattr(self, name).to_json(orient="records")) for name in names
         }
         path = out / JSON_NAME
         write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False))
@@ -112,6 +115,8 @@ class Reduction:
                 "refit (`compscale reduce`, or `compscale report --refit`)"
             )
         tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
+        if (out / f"{SELECTION}.parquet").exists():
+            tables[SELECTION] = pd.read_parquet(out / f"{SELECTION}.parquet")
         return cls(
             **tables,
             fitted=laws.FittedLaw.from_dict(document["fitted"]),
@@ -139,6 +144,7 @@ class Reduction:
             ("capacity", "Capacity law rho = L tanh(F log_1/4 GMSE)^C"),
             ("capacity_rho", "Capacity law: fitted vs predicted rho (loo = law fitted without it)"),
             ("composition", "Composition: rho(A+B) vs rho(A) rho(B)"),
+            (SELECTION, "Law forms: leave-one-size-out held-out RMSE of log loss"),
         ):
             frame = getattr(self, name)
             if frame.empty:
@@ -245,7 +251,8 @@ def reduce(
     by the two-stage law, by the joint law, and by the two-stage law fitted without it),
     `bound` (each format against the compression lower bound at its bits per parameter),
     `composition` (pairs flagged when the ratio's CI misses 1 by more than `options.tolerance`),
-    `heldout` (`options.holdout_fraction` of the cells, predicted by a fit to the others).
+    `heldout` (`options.holdout_fraction` of the cells, predicted by a fit to the others), and,
+    with `options.select`, `selection` (every law form's leave-one-size-out held-out error).
     `fitted`: the unified law with every format's parts and the two-stage capacity law, so it
     predicts formats that were never trained too. `options` (`laws.FitOptions`) says how every
     fit is made; `options.paired` = None pairs seeds when `pairable`. `gmse_of(format)` gives
@@ -313,6 +320,15 @@ def reduce(
         for row in composition[composition["flagged"]].itertuples()
     ]
     heldout, heldout_warnings = _heldout(results, fit, options)
+    selection = pd.DataFrame()
+    if options.select:
+        from compscale.laws.selection import leave_one_size_out
+
+        scores = leave_one_size_out(
+            results["params"], results["tokens"], results["val_loss"], results["format"],
+            options=options, parts=parts,
+        )  # fmt: skip
+        selection = pd.DataFrame([asdict(score) for score in scores])
     heldout_rmse, heldout_error = _heldout_errors(heldout)
     metrics = ReductionMetrics(
         law=fit.law,
@@ -348,6 +364,7 @@ def reduce(
         heldout=heldout,
         fitted=fitted,
         metrics=metrics,
+        selection=selection,
         unified=fit,
     )
 

@@ -62,3 +62,40 @@ def loss_column(table: pd.DataFrame, path: Path, name: str | None) -> pd.Series:
     if name is None:
         name = next((c for c in LOSS_COLUMNS if c in table.columns), LOSS_COLUMNS[-1])
     return column(table, path, name, "--loss-col")
+
+
+MULTIPLIER_COLUMNS = ("on_n", "on_d")  # optional: whether a row's format scales N, D
+MULTIPLIER_DEFAULTS = (True, False)
+TRUE_WORDS, FALSE_WORDS = {"true", "1", "1.0", "yes"}, {"false", "0", "0.0", "no"}
+
+
+def multiplier_columns(
+    table: pd.DataFrame, path: Path, formats: list[str]
+) -> dict[str, tuple[bool, bool]] | None:
+    """Each format's (on_n, on_d) from the optional boolean columns `on_n` and `on_d` (the
+    `unified-effd` law: does the format's compression scale N, D or both); a column the table
+    lacks takes its default (on_n true, on_d false); None when it has neither (the format grammar
+    then says). Every row of a format must agree."""
+    present = [name for name in MULTIPLIER_COLUMNS if name in table.columns]
+    if not present:
+        return None
+    flags = {}
+    for name, default in zip(MULTIPLIER_COLUMNS, MULTIPLIER_DEFAULTS, strict=True):
+        values = table[name] if name in present else [default] * len(table)
+        flags[name] = [_boolean(value, path, name) for value in values]
+    by_format: dict[str, tuple[bool, bool]] = {}
+    for row, format_name in enumerate(formats):
+        pair = (flags["on_n"][row], flags["on_d"][row])
+        if by_format.setdefault(format_name, pair) != pair:
+            raise ValueError(
+                f"{path}: format {format_name!r} has rows of different on_n / on_d; a format "
+                "scales the same multipliers in every row"
+            )
+    return by_format
+
+
+def _boolean(value: object, path: Path, name: str) -> bool:
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS or text in FALSE_WORDS:
+        return text in TRUE_WORDS
+    raise ValueError(f"{path}: column {name!r} holds {value!r}; give true or false")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `reduce` and `report` to the `compscale` parser."""
-    from compscale.cli_fit import bootstrap_options
+    from compscale.cli_fit import SELECT_FLAG, bootstrap_options
     from orchestrator.cli_sweep import store_parent
 
     common = argparse.ArgumentParser(add_help=False, parents=[store_parent(), bootstrap_options()])
@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="fit the unified law, capacities, composition; write tables",
     )
+    command.add_argument("--select", **SELECT_FLAG)
     command.set_defaults(func=reduce_command)
 
     command = subparsers.add_parser(

@@ -37,6 +37,7 @@ def fit(
     warm_starts: Sequence[np.ndarray] | None = None,
     progress: Callable[[int, int], None] | None = None,
     paired_seeds: Sequence[int] | None = None,
+    multipliers: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> FitResult:
     """Fit `law` to cells (N parameters, D tokens, loss in nats) and bootstrap its intervals.
 
@@ -51,6 +52,8 @@ def fit(
     `options.unidentified_width` times its value is reported in `warnings` as weakly identified;
     see `FitResult.notes` for the stronger verdicts. `paired_seeds` (each cell's seed): profile
     out a log-loss offset per (N, D, seed) group (`pairing_projection`) and bootstrap whole groups.
+    `multipliers` (unified-effd): each format's (on_n, on_d), whether it scales N or D; by
+    default from the format grammar (`compscale.multipliers.multipliers`).
     """
     options = options or FitOptions()
     dense, delta, bootstrap = options.dense, options.delta, options.bootstrap
@@ -64,7 +67,11 @@ def fit(
         from compscale.gmse import parts_of
 
         parts = {name: parts_of(name) for name in obs.formats if name != dense}
-    law_object = make_law(law, obs, parts, dense)
+    if law == "unified-effd" and multipliers is None:
+        from compscale.multipliers import multipliers as multipliers_of
+
+        multipliers = {name: multipliers_of(name) for name in obs.formats if name != dense}
+    law_object = make_law(law, obs, parts, dense, multipliers)
     law_object.check(obs)
     n_internal = 5 + len(law_object.extra_bounds())
     if len(obs) <= n_internal:
@@ -124,6 +131,8 @@ def fit(
         ),
         parts={name: [list(p) for p in value] for name, value in (parts or {}).items()},
         dense=dense,
+        eff_d={name[6:-1]: value for name, value in values.items() if name.startswith("eff_d[")},
+        gamma=values.get("gamma"),
     )
     warnings = fit_warnings(values, ci, notes, runner_up, objective, options.unidentified_width)
     return FitResult(

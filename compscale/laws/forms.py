@@ -1,11 +1,16 @@
-"""The law forms: Chinchilla, the unified law with one free capacity per format, and the unified
-law whose capacities follow the tanh(GMSE) capacity law; and `log_loss`, the formula they share.
+"""The law forms: Chinchilla, the unified law with one free capacity per format, the unified
+law whose capacities follow the tanh(GMSE) capacity law, and the two forms quantized-training
+papers fit (Quartet, arXiv 2505.14669; Quartet II, arXiv 2601.22813): effective parameters and
+effective data per format (`unified-effd`), and `(A (N rho)^-alpha + B D^-beta)^gamma + E`
+(`unified-gamma`); and `log_loss`, the formula they share.
 
-All three are `L = A (N rho)^-alpha + B D^-beta + E`, written in log space as
-`log L = LSE(a - alpha log(N rho), b - beta log D, e)` with A = e^a, B = e^b, E = e^e. A form owns
-only its extra coordinates, those of log rho. Capacities stay in (0, 1] through the
-parametrisation `compscale.capacity` owns (rho = exp(-softplus(u)), the tanh law in
-(u, log F, log C)).
+All are `L = A (N rho)^-alpha + B (D eff_d)^-beta + E` (eff_d = 1 but in `unified-effd`), written
+in log space as `log L = LSE(a - alpha log(N rho), b - beta log(D eff_d), e)` with A = e^a,
+B = e^b, E = e^e; `unified-gamma` takes the outer LSE of gamma LSE(first two terms) and e. A form
+owns only its extra coordinates: those of log rho, of log eff_d, and gamma (first, when a form has
+it). Capacities stay in (0, 1] through the parametrisation `compscale.capacity` owns
+(rho = exp(-softplus(u)), the tanh law in (u, log F, log C)); `unified-effd`'s multipliers stay in
+(0, EFF_BOUND] through the same map scaled by EFF_BOUND.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from compscale.laws.cells import DENSE, Observations
 
 BASE_NAMES = ("A", "alpha", "B", "beta", "E")
 U_BOUNDS = (-25.0, 25.0)
+EFF_BOUND = 1.2  # unified-effd: effN and effD in (0, EFF_BOUND], as Quartet fits them
+GAMMA_BOUNDS = (0.05, 5.0)
+GAMMA_STARTS = (1.0,)  # the unified law; the grid moves A, alpha, B, beta, E around it
 
 
 class Law:
@@ -47,7 +55,21 @@ class Law:
 
     def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
         """d log rho / d extra: one row per format, one column per extra parameter."""
-        return np.zeros((len(obs.formats), 0))
+        return np.zeros((len(obs.formats), len(extra)))
+
+    def log_eff_d(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        """log effective data per format (D is scaled by it as N is by rho); 0 but in
+        `unified-effd`."""
+        return np.zeros(len(obs.formats))
+
+    def log_eff_d_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        """d log eff_d / d extra: one row per format, one column per extra parameter."""
+        return np.zeros((len(obs.formats), len(extra)))
+
+    def gamma(self, extra: np.ndarray) -> float | None:
+        """The outer exponent of `(A (N rho)^-alpha + B D^-beta)^gamma + E`, always the first
+        extra coordinate; None: the form has none (the plain sum)."""
+        return None
 
     def extra_values(self, extra: np.ndarray) -> np.ndarray:
         """Extra parameters in natural units, in `extra_names()` order."""
@@ -174,6 +196,120 @@ class UnifiedGmseLaw(Law):
         )
 
 
+def _log_eff(u: np.ndarray) -> np.ndarray:
+    """log of a multiplier in (0, EFF_BOUND]: log EFF_BOUND - softplus(u)."""
+    return math.log(EFF_BOUND) + capacity.log_rho_of_u(u)
+
+
+def _u_of_eff(value: float) -> float:
+    return capacity.u_of_rho(value / EFF_BOUND)
+
+
+@dataclass
+class UnifiedEffDLaw(Law):
+    """L = A (N effN_R)^-alpha + B (D effD_R)^-beta + E (Quartet's law of quantized training): a
+    format whose forward pass is compressed (weights, activations) gets an effN (reported as its
+    rho), one whose backward pass is gets an effD, one with both gets both; each in
+    (0, EFF_BOUND] (Quartet lets a multiplier pass 1), dense 1.
+
+    `multipliers` maps each format to (on_n, on_d): `compscale.multipliers` reads them from the
+    format grammar, a table from its `on_n` / `on_d` columns.
+    """
+
+    formats: tuple[str, ...] = ()
+    multipliers: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
+    dense: str = DENSE
+    name = "unified-effd"
+
+    def __post_init__(self) -> None:
+        compressed = [name for name in self.formats if name != self.dense]
+        on = {name: self.multipliers.get(name, (True, False)) for name in compressed}
+        self.n_index = np.array([self.formats.index(f) for f in compressed if on[f][0]], int)
+        self.d_index = np.array([self.formats.index(f) for f in compressed if on[f][1]], int)
+        self.neither = [name for name in compressed if not any(on[name])]
+
+    def check(self, obs: Observations) -> None:
+        _check_formats(obs, self.dense, self.name)
+        if self.neither:
+            raise ValueError(
+                f"format: {', '.join(self.neither)} scale(s) neither N nor D (on_n and on_d both "
+                "false); a compressed format needs at least one"
+            )
+
+    def extra_names(self) -> tuple[str, ...]:
+        return tuple(f"eff_d[{self.formats[i]}]" for i in self.d_index)
+
+    def extra_starts(self) -> list[np.ndarray]:
+        k = len(self.n_index) + len(self.d_index)
+        return [np.full(k, _u_of_eff(0.7)), np.full(k, _u_of_eff(0.3))]
+
+    def extra_bounds(self) -> list[tuple[float, float]]:
+        return [U_BOUNDS] * (len(self.n_index) + len(self.d_index))
+
+    def log_rho(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        out = np.zeros(len(obs.formats))
+        out[self.n_index] = _log_eff(extra[: len(self.n_index)])
+        return out
+
+    def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        jac = np.zeros((len(obs.formats), len(extra)))
+        k = len(self.n_index)
+        jac[self.n_index, np.arange(k)] = capacity.log_rho_of_u_grad(extra[:k])
+        return jac
+
+    def log_eff_d(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        out = np.zeros(len(obs.formats))
+        out[self.d_index] = _log_eff(extra[len(self.n_index) :])
+        return out
+
+    def log_eff_d_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        jac = np.zeros((len(obs.formats), len(extra)))
+        k = len(self.n_index)
+        columns = np.arange(k, len(extra))
+        jac[self.d_index, columns] = capacity.log_rho_of_u_grad(extra[k:])
+        return jac
+
+    def extra_values(self, extra: np.ndarray) -> np.ndarray:
+        return np.exp(_log_eff(extra[len(self.n_index) :]))
+
+    def extra_columns(self, obs: Observations) -> list[str]:
+        return [f"rho[{obs.formats[i]}]" for i in self.n_index] + list(self.extra_names())
+
+
+@dataclass
+class UnifiedGammaLaw(UnifiedLaw):
+    """L = (A (N rho_R)^-alpha + B D^-beta)^gamma + E with one free rho per non-dense format: the
+    second form Quartet fits; gamma = 1 is the unified law."""
+
+    name = "unified-gamma"
+
+    def extra_names(self) -> tuple[str, ...]:
+        return ("gamma",)
+
+    def extra_starts(self) -> list[np.ndarray]:
+        rho_starts = super().extra_starts()
+        return [np.concatenate([[gamma], u]) for gamma in GAMMA_STARTS for u in rho_starts]
+
+    def extra_bounds(self) -> list[tuple[float, float]]:
+        return [GAMMA_BOUNDS, *super().extra_bounds()]
+
+    def log_rho(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        return super().log_rho(extra[1:], obs)
+
+    def log_rho_jac(self, extra: np.ndarray, obs: Observations) -> np.ndarray:
+        jac = super().log_rho_jac(extra[1:], obs)
+        return np.column_stack([np.zeros(len(jac)), jac])
+
+    def gamma(self, extra: np.ndarray) -> float | None:
+        return float(extra[0])
+
+    def extra_values(self, extra: np.ndarray) -> np.ndarray:
+        return extra[:1].copy()
+
+    def extra_columns(self, obs: Observations) -> list[str]:
+        return ["gamma", *super().extra_columns(obs)]
+
+
 def _check_formats(obs: Observations, dense: str, law: str) -> None:
     if dense not in obs.formats:
         raise ValueError(
@@ -187,20 +323,39 @@ def _check_formats(obs: Observations, dense: str, law: str) -> None:
 
 
 def log_loss(
-    base: Sequence[float], log_n_rho: np.ndarray, log_tokens: np.ndarray
+    base: Sequence[float],
+    log_n_rho: np.ndarray,
+    log_tokens: np.ndarray,
+    gamma: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """log(A (N rho)**-alpha + B D**-beta + E) and the softmax weights of its three terms.
+    """log(A (N rho)**-alpha + B D**-beta + E) and its derivative by each of its three log terms.
 
     The law's one formula: fits, their start grid and every prediction go through it. `base` is
     (a, alpha, b, beta, e) with A = e^a, B = e^b, E = e^e; computed as the stable log-sum-exp
-    LSE(a - alpha log(N rho), b - beta log D, e), broadcasting (a grid of starts against cells).
+    LSE(a - alpha log(N rho), b - beta log D, e), broadcasting (a grid of starts against cells);
+    the derivatives are then its softmax weights. With `gamma`, log((A (N rho)**-alpha +
+    B D**-beta)**gamma + E) = LSE(gamma LSE(first two terms), e), and a fourth row: the derivative
+    by gamma.
     """
     a, alpha, b, beta, e = base
-    terms = np.stack(np.broadcast_arrays(a - alpha * log_n_rho, b - beta * log_tokens, e))
-    top = terms.max(axis=0)
-    exp_terms = np.exp(terms - top)
+    if gamma is None:
+        return _log_sum_exp(a - alpha * log_n_rho, b - beta * log_tokens, e)
+    inner, (w_params, w_tokens) = _log_sum_exp(a - alpha * log_n_rho, b - beta * log_tokens)
+    outer, (w_power, w_floor) = _log_sum_exp(gamma * inner, e)
+    weights = [gamma * w_power * w_params, gamma * w_power * w_tokens, w_floor, w_power * inner]
+    return outer, np.stack(weights)
+
+
+def _log_sum_exp(*terms) -> tuple[np.ndarray, np.ndarray]:
+    """log(sum exp(terms)) and the softmax weights of the terms, stably (the largest factored)."""
+    stacked = np.stack(np.broadcast_arrays(*terms))
+    top = stacked.max(axis=0)
+    exp_terms = np.exp(stacked - top)
     total = exp_terms.sum(axis=0)
     return top + np.log(total), exp_terms / total
+
+
+LAW_NAMES = ("chinchilla", "unified", "unified-gmse", "unified-effd", "unified-gamma")
 
 
 def make_law(
@@ -208,15 +363,21 @@ def make_law(
     obs: Observations,
     parts: Mapping[str, Sequence[capacity.Part]] | None = None,
     dense: str = DENSE,
+    multipliers: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> Law:
-    """Build the law `name` ('chinchilla', 'unified' or 'unified-gmse') for these cells."""
+    """Build the law `name` (one of LAW_NAMES) for these cells; `parts` (unified-gmse) and
+    `multipliers` (unified-effd: format -> (on_n, on_d), default on_n only) as `fit` takes them."""
     if name == "chinchilla":
         return ChinchillaLaw()
     if name == "unified":
         return UnifiedLaw(formats=obs.formats, dense=dense)
     if name == "unified-gmse":
         return UnifiedGmseLaw(parts=dict(parts or {}), dense=dense)
-    raise ValueError(f"law: unknown law {name!r}; choose chinchilla, unified or unified-gmse")
+    if name == "unified-effd":
+        return UnifiedEffDLaw(formats=obs.formats, multipliers=dict(multipliers or {}), dense=dense)
+    if name == "unified-gamma":
+        return UnifiedGammaLaw(formats=obs.formats, dense=dense)
+    raise ValueError(f"law: unknown law {name!r}; choose {', '.join(LAW_NAMES)}")
 
 
 def natural(law: Law, theta: np.ndarray, obs: Observations, with_rho: bool) -> np.ndarray:

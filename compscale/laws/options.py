@@ -13,8 +13,9 @@ class FitOptions:
     """How to fit a law and derive a reduction from it; which law to fit is the caller's choice
     (`fit`'s `law`; `reduce` fits the unified law, then the unified-gmse law jointly).
 
-    `fit` reads the fields above `holdout_fraction`; `reduce` reads them all and passes the fit's
-    fields on to each of its fits. Defaults are the paper's method and the CLI's defaults.
+    `fit` reads the fields above `select`; the `fit` command and `reduce` read `select`; `reduce`
+    reads them all and passes the fit's fields on to each of its fits. Defaults are the paper's
+    method and the CLI's defaults.
     """
 
     dense: str = DENSE
@@ -43,6 +44,11 @@ class FitOptions:
     unidentified_width: float = 1.0
     """A parameter whose 95% interval is wider than this times its value is warned of as weakly
     identified."""
+
+    select: bool = False
+    """Also score every law form by its leave-one-size-out held-out error
+    (`compscale.laws.selection`), so a user sees which form the cells support; off by default:
+    it refits each form once per model size."""
 
     holdout_fraction: float = 0.2
     """`reduce`: fraction of each format's cells held out and predicted by a fit to the rest."""

@@ -44,9 +44,15 @@ class Problem:
         one kept: the optimiser asks for residuals and Jacobian at the same point)."""
         key = np.asarray(theta, dtype=float).tobytes()
         if self._last is None or self._last[0] != key:
-            obs = self.obs
-            log_rho = self.law.log_rho(theta[5:], obs)[obs.format_index]
-            self._last = key, log_loss(theta[:5], obs.log_params + log_rho, obs.log_tokens)
+            obs, law, extra = self.obs, self.law, theta[5:]
+            log_rho = law.log_rho(extra, obs)[obs.format_index]
+            log_d = law.log_eff_d(extra, obs)[obs.format_index]
+            self._last = (
+                key,
+                log_loss(
+                    theta[:5], obs.log_params + log_rho, obs.log_tokens + log_d, law.gamma(extra)
+                ),
+            )
         return self._last[1]
 
     def residuals(self, theta: np.ndarray) -> np.ndarray:
@@ -54,12 +60,17 @@ class Problem:
         return residual if self.pairing is None else self.pairing @ residual
 
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
-        _, (w1, w2, w3) = self.log_prediction(theta)
-        obs, alpha, extra = self.obs, theta[1], theta[5:]
+        _, (w1, w2, w3, *by_gamma) = self.log_prediction(theta)
+        obs, alpha, beta, extra = self.obs, theta[1], theta[3], theta[5:]
         log_rho = self.law.log_rho(extra, obs)[obs.format_index]
-        base = [w1, -w1 * (obs.log_params + log_rho), w2, -w2 * obs.log_tokens, w3]
+        log_d = self.law.log_eff_d(extra, obs)[obs.format_index]
+        base = [w1, -w1 * (obs.log_params + log_rho), w2, -w2 * (obs.log_tokens + log_d), w3]
         rho_jac = self.law.log_rho_jac(extra, obs)[obs.format_index]
-        jacobian = np.column_stack([*base, (-alpha * w1)[:, None] * rho_jac])
+        d_jac = self.law.log_eff_d_jac(extra, obs)[obs.format_index]
+        extra_jac = (-alpha * w1)[:, None] * rho_jac + (-beta * w2)[:, None] * d_jac
+        if by_gamma:
+            extra_jac[:, 0] += by_gamma[0]
+        jacobian = np.column_stack([*base, extra_jac])
         return jacobian if self.pairing is None else self.pairing @ jacobian
 
     def objective(self, theta: np.ndarray) -> float:
@@ -79,9 +90,10 @@ class Problem:
 
     def grid_values(self, starts: np.ndarray, extra: np.ndarray) -> np.ndarray:
         """Objective at many base starts (rows of a, alpha, b, beta, e) with `extra` fixed."""
-        obs = self.obs
-        log_n_rho = obs.log_params + self.law.log_rho(extra, obs)[obs.format_index]
-        log_pred, _ = log_loss(starts.T[:, :, None], log_n_rho, obs.log_tokens)
+        obs, law = self.obs, self.law
+        log_n_rho = obs.log_params + law.log_rho(extra, obs)[obs.format_index]
+        log_d_eff = obs.log_tokens + law.log_eff_d(extra, obs)[obs.format_index]
+        log_pred, _ = log_loss(starts.T[:, :, None], log_n_rho, log_d_eff, law.gamma(extra))
         residual = log_pred - obs.log_loss
         residual = residual if self.pairing is None else residual @ self.pairing.T
         return huber(residual, self.delta).sum(axis=1)

@@ -26,7 +26,9 @@ class FittedLaw:
     `rho` holds the fitted capacity of every fitted format (empty for chinchilla, whose cells are
     all one representation). `capacity` (parameter group -> [L, F, C]) is the capacity law, when
     known, and `parts` (format -> its [family, GMSE] parts) lets it predict the rho of a format
-    that was not fitted: the product over its parts of L tanh(F log_1/4 GMSE)^C.
+    that was not fitted: the product over its parts of L tanh(F log_1/4 GMSE)^C. `eff_d`
+    (unified-effd) holds the effective-data multiplier of each format whose backward pass is
+    compressed (any other format's is 1); `gamma` (unified-gamma) the outer exponent.
     """
 
     law: str
@@ -39,6 +41,8 @@ class FittedLaw:
     capacity: dict[str, list[float]] = field(default_factory=dict)
     parts: dict[str, list[list]] = field(default_factory=dict)
     dense: str = DENSE
+    eff_d: dict[str, float] = field(default_factory=dict)
+    gamma: float | None = None
 
     @property
     def capacity_law(self) -> capacity.CapacityLaw | None:
@@ -48,8 +52,12 @@ class FittedLaw:
 
     @property
     def params(self) -> dict[str, float]:
-        """A, alpha, B, beta, E, then the capacity law's L, F, C when it is part of the law."""
+        """A, alpha, B, beta, E, then the law's own: gamma, the capacity law's L, F, C, or each
+        format's eff_d."""
         values = {name: getattr(self, name) for name in BASE_NAMES}
+        if self.gamma is not None:
+            values["gamma"] = self.gamma
+        values |= {f"eff_d[{name}]": value for name, value in self.eff_d.items()}
         if self.law == "unified-gmse":
             names = capacity.parameter_names(tuple(self.capacity))
             values |= dict(
@@ -76,8 +84,10 @@ class FittedLaw:
         names = [self.dense] * len(log_params) if formats is None else list(formats)
         rho = {name: self.rho_of(name) for name in set(names)}
         log_rho = np.log([rho[name] for name in names])
+        log_d = np.log([self.eff_d.get(name, 1.0) for name in names])
+        log_tokens = np.log(np.asarray(tokens, dtype=float)) + log_d
         base = (math.log(self.A), self.alpha, math.log(self.B), self.beta, math.log(self.E))
-        log_pred, _ = log_loss(base, log_params + log_rho, np.log(np.asarray(tokens, dtype=float)))
+        log_pred, _ = log_loss(base, log_params + log_rho, log_tokens, self.gamma)
         return np.exp(log_pred)
 
     def to_dict(self) -> dict:

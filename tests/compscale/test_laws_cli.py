@@ -76,3 +76,54 @@ def test_unknown_table_type_and_missing_file_are_errors(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "absent.csv")]) == 2
     error = capsys.readouterr().err
     assert "give a .csv or .parquet file" in error and "no such file" in error
+
+
+def external_table(path: Path) -> Path:
+    """Formats compscale's grammar does not know (a forward and a backward NVFP4 recipe), with
+    on_n / on_d columns saying which multiplier each scales, and a GMSE column."""
+    rng = np.random.default_rng(0)
+    truth = {"dense": (1.0, 1.0, 0.0), "fwd:nvfp4-1x16": (0.8, 1.0, 0.01)}
+    truth |= {"bwd:nvfp4-sr": (1.0, 0.6, 0.02), "bwd:nvfp4-eden": (1.0, 0.85, 0.005)}
+    rows = []
+    for name, (eff_n, eff_d, gmse) in truth.items():
+        for params in (1e6, 1e7, 1e8):
+            for tokens_per_param in (10, 30, 100):
+                tokens = params * tokens_per_param
+                loss = 406.4 * (params * eff_n) ** -0.34 + 410.7 * (tokens * eff_d) ** -0.28 + 1.69
+                loss *= math.exp(rng.normal(0, 0.001))
+                on = (name.startswith("fwd"), name.startswith("bwd"))
+                rows.append((params, tokens, name, loss, *on, gmse))
+    columns = ["params", "tokens", "format", "loss", "on_n", "on_d", "gmse"]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+    return path
+
+
+def test_formats_the_grammar_lacks_fit_under_unified_and_unified_effd(tmp_path, capsys):
+    table = str(external_table(tmp_path / "cells.csv"))
+    assert main(["fit", table, "--law", "unified", "--bootstrap", "0", "--json"]) == 0
+    unified = json.loads(capsys.readouterr().out)
+    assert unified["rho"]["fwd:nvfp4-1x16"] == pytest.approx(0.8, abs=0.03)
+    assert "eff_d" not in unified
+    assert main(["fit", table, "--law", "unified-effd", "--bootstrap", "0", "--json"]) == 0
+    effd = json.loads(capsys.readouterr().out)
+    assert effd["eff_d"]["bwd:nvfp4-sr"] == pytest.approx(0.6, abs=0.03)
+    assert effd["eff_d"]["bwd:nvfp4-eden"] == pytest.approx(0.85, abs=0.03)
+    assert set(effd["eff_d"]) == {"bwd:nvfp4-sr", "bwd:nvfp4-eden"}  # on_d from the table
+    assert effd["rho"]["bwd:nvfp4-sr"] == 1.0 and effd["fitted"]["eff_d"] == effd["eff_d"]
+    assert effd["eff_d_capacity"].startswith("not identified")  # 2 backward formats
+    assert effd["objective"] < 0.2 * unified["objective"]
+
+
+def test_unified_gmse_on_formats_the_grammar_lacks_needs_their_gmse_column(tmp_path, capsys):
+    table = str(external_table(tmp_path / "cells.csv"))
+    flags = ["--law", "unified-gmse", "--bootstrap", "0"]
+    assert main(["fit", table, *flags]) == 2
+    error = capsys.readouterr().err
+    assert "format 'bwd:nvfp4-eden' is not in compscale's grammar" in error
+    assert "--gmse-col" in error and error.count("\n") == 1
+    assert main(["fit", table, *flags, "--gmse-col", "mse"]) == 2
+    error = capsys.readouterr().err
+    assert "no column 'mse'" in error and "--gmse-col" in error and error.count("\n") == 1
+    assert main(["fit", table, *flags, "--gmse-col", "gmse", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["fitted"]["parts"]["fwd:nvfp4-1x16"] == [["quantization", 0.01]]

@@ -163,3 +163,20 @@ def test_a_reduction_written_before_the_fitted_law_asks_for_a_refit(multiplicati
     (tmp_path / "reduction.json").write_text(json.dumps(document))
     with pytest.raises(ValueError, match="refit"):
         Reduction.read(tmp_path)
+
+
+@pytest.mark.slow
+def test_select_adds_every_law_forms_held_out_error_and_it_reads_back(tmp_path):
+    results = sweep({"dense": 1.0, "int4": 0.8, "int2": 0.4}, seeds=(0,))
+    reduction = reduce(
+        results, FitOptions(bootstrap=0, select=True), gmse_of=GMSE.get, bits_of=lambda _: 4.0
+    )
+    selection = reduction.selection.set_index("law")
+    assert set(selection.index) == {"unified", "unified-effd", "unified-gamma", "unified-gmse"}
+    fitted = selection.loc[["unified", "unified-effd", "unified-gamma"]]
+    assert (fitted["folds"] == 5).all() and (fitted["cells"] == len(results)).all()
+    assert selection.loc["unified", "rmse_log_loss"] < 0.02  # the law the cells came from
+    assert "leave-one-size-out" in reduction.summary()
+    reduction.write(tmp_path)
+    pd.testing.assert_frame_equal(Reduction.read(tmp_path).selection, reduction.selection)
+    assert reduce(results, FitOptions(bootstrap=0), gmse_of=GMSE.get).selection.empty
