@@ -241,7 +241,7 @@ def autopilot_main(args: argparse.Namespace) -> None:
     import tempfile
 
     sys_path_tests()
-    from orchestrator.driver import connect
+    from orchestrator.cluster import connect
 
     started = time.perf_counter()
     connect()

@@ -366,8 +366,9 @@ def _run_adaptive(
     """The autopilot's rounds (`orchestrator.autopilot`), each run as `_run` runs a sweep, on one
     Ray connection for all of them."""
     from orchestrator import autopilot
-    from orchestrator.driver import LEASE_S, connect
+    from orchestrator.cluster import connect
     from orchestrator.driver import plan as plan_cells
+    from orchestrator.tasks import LEASE_S
 
     def run_cells(cells: list[CellConfig]) -> int:
         lease_s = args.lease_s or LEASE_S
