@@ -21,21 +21,25 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_s3(bucket: str = "compscale", check_credentials: bool = False) -> Iterator[dict[str, str]]:
+def moto_s3(
+    bucket: str = "compscale", check_credentials: bool = False, log: Path | None = None
+) -> Iterator[dict[str, str]]:
     """Start `moto_server` on 127.0.0.1, create `bucket`; yields the AWS_* variables that point
     pyarrow (and boto3) at it. The server runs in its own temp dir and is stopped by pid. With
     `check_credentials` every request after the bucket's creation must be signed by a key of
-    moto's IAM, which has none: any key is refused (`InvalidAccessKeyId`)."""
+    moto's IAM, which has none: any key is refused (`InvalidAccessKeyId`). With `log`, the
+    server's request log (one line per request: method, path, status) goes to that file."""
     port = _free_port()
     checks = {"INITIAL_NO_AUTH_ACTION_COUNT": "1"} if check_credentials else {}
     server = Path(sys.executable).parent / "moto_server"
     workdir = tempfile.mkdtemp(prefix="cs-moto-")
+    log_file = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)],
         cwd=workdir,
         env=os.environ | checks,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log_file,
         start_new_session=True,
     )
     env = {
@@ -73,6 +77,8 @@ def moto_s3(bucket: str = "compscale", check_credentials: bool = False) -> Itera
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if log:
+            log_file.close()
         with contextlib.suppress(OSError):
             for entry in Path(workdir).iterdir():
                 entry.unlink()

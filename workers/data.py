@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
-from workers import storage
+from workers import shardcache, storage
 from workers.config import DataConfig
 from workers.layout import resolve
 
@@ -121,20 +121,20 @@ def _shard_path(filesystem: pafs.FileSystem, root: str, uri: str, split: str) ->
 
 
 def load_shards(uri: str) -> TokenSource:
-    """Read `meta.json`, `train.bin`, `val.bin` from a directory or pyarrow filesystem URI.
+    """Memory-map `train.bin` and `val.bin` of the shard folder at `uri` (a local path or a
+    pyarrow filesystem URI), checked against its `meta.json`.
 
-    Local files are memory-mapped; remote ones are read into memory once.
+    A remote folder is mapped from this node's one local copy (`workers.shardcache`), so no
+    worker holds a remote shard in its own memory and a node downloads each shard once.
     """
     location = resolve(uri, what="data.source")
     filesystem, root = location.filesystem, location.root
     meta, dtype = _shard_meta(filesystem, root, uri)
-    arrays = {}
-    for split in ("train", "val"):
-        path = _shard_path(filesystem, root, uri, split)
-        if isinstance(filesystem, pafs.LocalFileSystem):
-            arrays[split] = np.memmap(path, dtype=dtype, mode="r")
-        else:
-            arrays[split] = np.frombuffer(storage.read_bytes(filesystem, path), dtype=dtype)
+    paths = {split: _shard_path(filesystem, root, uri, split) for split in shardcache.SPLITS}
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        local = shardcache.local_copy(filesystem, root, uri, meta)
+        paths = {split: str(local / f"{split}.bin") for split in shardcache.SPLITS}
+    arrays = {split: np.memmap(path, dtype=dtype, mode="r") for split, path in paths.items()}
     return TokenSource(arrays["train"], arrays["val"], int(meta["vocab_size"]), meta["fingerprint"])
 
 
