@@ -4,7 +4,8 @@ A document is a text file or the text field of one record. Every document reache
 as pieces: its UTF-8 bytes, cut at a line end (never inside a character) only where it is longer
 than `chunk_bytes`, by the same rule whatever the input format. So the same documents make the
 same pieces, hence the same tokens, from text files, jsonl or Parquet, and a text file larger than
-memory streams. Every input is opened through `open_input`, the one place that would take a URI.
+memory streams. Every input is opened through `open_input`, which takes a local path or a URI
+(`s3://bucket/key`, through pyarrow's filesystems and the AWS variables of `workers.objectstore`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from workers.layout import resolve
 
 JSONL_CODECS = {".gz": "gzip", ".zst": "zstd"}
 SNIFF_BYTES = 8192
@@ -51,8 +54,16 @@ class Piece(NamedTuple):
 
 
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem holding `location` and its path there (local only, for now)."""
-    return pafs.LocalFileSystem(), str(Path(location).absolute())
+    """The filesystem holding `location` (a local path or a URI) and its path there."""
+    resolved = resolve(location, what="input")
+    return resolved.filesystem, resolved.root
+
+
+def _named(location: str, path: str) -> str:
+    """What a file found under `location` is called: its URI where `location` is one (so that
+    `open_input` finds it again, and errors name it as the user would), else its path."""
+    scheme, separator, _ = location.partition("://")
+    return f"{scheme}://{path}" if separator else path
 
 
 def open_input(location: str) -> pa.NativeFile:
@@ -77,7 +88,8 @@ def list_inputs(location: str) -> list[InputFile]:
             raise InputError(f"input {location!r}: an empty folder")
     else:
         infos = [info]
-    return [InputFile(file.path, _kind(file.path), file.size, file.mtime_ns) for file in infos]
+    named = [(_named(location, file.path), file) for file in infos]
+    return [InputFile(name, _kind(name), file.size, file.mtime_ns) for name, file in named]
 
 
 def _jsonl_codec(path: str) -> tuple[bool, str | None]:

@@ -8,6 +8,11 @@ resumes: parts on disk are kept when the job (inputs, tokenizer, sizes) is the s
 are joined into train.bin and val.bin (the last `val_fraction` of the tokens), and meta.json is
 written last. An error removes the partial state, so no half output is left behind. A BPE is
 trained in a first streaming pass and kept with the parts for a resume.
+
+Inputs may be URIs (`s3://bucket/prefix`, read through `workers.documents.open_input`), and so may
+OUT_DIR: then all of the above happens in a local staging folder, `$COMPSCALE_CACHE/prepare/`
+(where a killed run resumes), and only the finished files are uploaded, meta.json last, so a
+reader never trusts a half-uploaded folder.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 
-from workers import documents
+from workers import documents, shardcache
 from workers import tokenizer as tokenizers
 from workers.data import SHARD_META
 from workers.documents import InputError, InputFile, Piece
+from workers.layout import resolve
 
 CHUNK_BYTES = 1 << 20
 PART_BYTES = 8 << 20
@@ -231,12 +238,14 @@ def prepare_shards(
     part_bytes: int | None = None,
     progress: bool = False,
 ) -> dict:
-    """Tokenize the documents at `source` (a text file or jsonl/Parquet, or a folder of them)
-    into `out_dir` (train.bin, val.bin, meta.json, and tokenizer.json unless the tokenizer is
-    `bytes`) with `workers` processes (default: every core), in parts of `part_bytes` of text
-    (default `PART_BYTES`). Returns the meta.json content. The workers are spawned, so a script
-    calling this needs the `if __name__ == "__main__":` guard."""
-    out_dir = Path(out_dir)
+    """Tokenize the documents at `source` (a text file or jsonl/Parquet, or a folder of them;
+    a path or a URI) into `out_dir` (train.bin, val.bin, meta.json, and tokenizer.json unless
+    the tokenizer is `bytes`; a path or a URI) with `workers` processes (default: every core),
+    in parts of `part_bytes` of text (default `PART_BYTES`). Returns the meta.json content. The
+    workers are spawned, so a script calling this needs the `if __name__ == "__main__":` guard."""
+    out_uri = os.fspath(out_dir)
+    remote = "://" in out_uri
+    out_dir = staging_folder(out_uri) if remote else Path(out_uri)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     workers = workers or default_workers()
@@ -293,7 +302,33 @@ def prepare_shards(
             out_dir.rmdir()
         raise
     shutil.rmtree(state.root)
+    if remote:
+        upload(out_dir, out_uri)
+        shutil.rmtree(out_dir)
     return meta
+
+
+def staging_folder(out_uri: str) -> Path:
+    """Where the shards for a remote OUT_DIR are made (and a killed run resumed) before their
+    upload: `prepare/<last part of the URI>-<16 hex of it>` in the node's cache folder."""
+    digest = hashlib.sha256(out_uri.encode()).hexdigest()[:16]
+    name = out_uri.rstrip("/").rsplit("/", 1)[-1] or "shards"
+    return shardcache.cache_root() / "prepare" / f"{name}-{digest}"
+
+
+def upload(staged: Path, out_uri: str) -> None:
+    """Copy finished shards from `staged` to `out_uri`: the old meta.json removed first (readers
+    stop trusting the folder before its shards change), each file a whole object (a multipart
+    upload appears only on completion), meta.json last."""
+    location = resolve(out_uri, what="OUT_DIR")
+    filesystem, root = location.filesystem, location.root
+    local = pafs.LocalFileSystem()
+    for name in (SHARD_META, TOKENIZER_FILE):
+        if filesystem.get_file_info(f"{root}/{name}").type == pafs.FileType.File:
+            filesystem.delete_file(f"{root}/{name}")
+    for name in ("train.bin", "val.bin", TOKENIZER_FILE, SHARD_META):
+        if (staged / name).exists():
+            pafs.copy_files(str(staged / name), f"{root}/{name}", local, filesystem)
 
 
 def _trained_or_bytes(

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
 from orchestrator.cli import main
 from workers.prepare import prepare_shards
+from workers.storage import read_bytes
 from workers.tokenizer import END_OF_TEXT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,3 +216,86 @@ def test_a_tokenizer_json_that_does_not_load_names_it(capsys, corpus, tmp_path):
     broken.write_text('{"model": {"type": "BPE", "vocab": ')
     error = prepare_error(capsys, corpus["text"], tmp_path / "out", "--tokenizer", str(broken))
     assert f"--tokenizer '{broken}': not a loadable tokenizer.json" in error
+
+
+# ---- inputs and output on S3 (a real moto server) -----------------------------------------------
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    """A moto bucket, its AWS variables set here, and a cache folder of the test's own."""
+    from s3 import moto_s3
+
+    with moto_s3() as env:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("COMPSCALE_CACHE", str(tmp_path / "cache"))
+        yield env["COMPSCALE_TEST_BUCKET"]
+
+
+def s3_names(uri: str) -> list[str]:
+    """Every object under `uri`, relative to it."""
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(info.path.removeprefix(f"{root}/") for info in found if info.is_file)
+
+
+def mixed_corpus(folder: Path, documents: list[str]) -> Path:
+    """The documents as one jsonl, one jsonl.gz and a Parquet file, read in that order."""
+    folder.mkdir()
+    third = len(documents) // 3
+    (folder / "a.jsonl").write_bytes(jsonl_bytes(documents[:third]))
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(documents[third : 2 * third])))
+    pq.write_table(pa.table({"text": documents[2 * third :]}), folder / "c.parquet")
+    return folder
+
+
+def test_prepare_from_an_s3_prefix_into_s3_gives_the_local_shards_and_a_cell_trains_on_them(
+    bucket, tmp_path, capsys
+):
+    from s3 import unique_prefix
+
+    from workers.sink import read_result
+
+    corpus = mixed_corpus(tmp_path / "corpus", made_up_documents(240))
+    prefix = f"s3://{bucket}/{unique_prefix()}"
+    filesystem, root = pafs.FileSystem.from_uri(f"{prefix}/corpus")
+    pafs.copy_files(str(corpus), root, pafs.LocalFileSystem(), filesystem)
+    options = ["--tokenizer", "bpe:300", "--workers", "1", "--part-bytes", "4096", "--quiet"]
+    assert main(["data", "prepare", f"{prefix}/corpus/", f"{prefix}/shards", *options]) == 0
+    meta = json.loads(capsys.readouterr().out)
+
+    local = tmp_path / "local"
+    assert prepare_shards(corpus, local, tokenizer="bpe:300", workers=1, part_bytes=4096) == meta
+    names = ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
+    assert s3_names(f"{prefix}/shards") == names
+    shards, shards_root = pafs.FileSystem.from_uri(f"{prefix}/shards")
+    for name in names:
+        assert read_bytes(shards, f"{shards_root}/{name}") == (local / name).read_bytes(), name
+    assert not any((tmp_path / "cache" / "prepare").iterdir()), "the staging folder stayed"
+
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(
+        "model: {preset: tiny, seq_len: 32, vocab_size: 300}\nformat: dense\ntokens: 2048\n"
+        f"train: {{batch_size: 4, eval_tokens: 256}}\ndata: {{source: {prefix}/shards}}\n"
+    )
+    assert main(["train-cell", str(cell), "--store", str(tmp_path / "store")]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["data_fingerprint"] == meta["fingerprint"] and row["steps"] == 16
+    assert read_result(str(tmp_path / "store"), row["cell_id"])["val_loss"] == row["val_loss"]
+    (cached,) = (tmp_path / "cache" / "shards").iterdir()  # the cell read the node's copy
+    assert (cached / "train.bin").read_bytes() == (local / "train.bin").read_bytes()
+
+
+def test_a_failed_prepare_into_s3_writes_nothing_there(bucket, tmp_path, capsys):
+    from s3 import unique_prefix
+
+    lines = jsonl_bytes(made_up_documents(100)).splitlines(keepends=True)
+    lines.insert(60, b'{"id": 60, "body": "no text here"}\n')
+    prefix = f"s3://{bucket}/{unique_prefix()}"
+    filesystem, root = pafs.FileSystem.from_uri(f"{prefix}/docs.jsonl")
+    with filesystem.open_output_stream(root) as stream:
+        stream.write(b"".join(lines))
+    code = main(["data", "prepare", f"{prefix}/docs.jsonl", f"{prefix}/shards", "--quiet"])
+    assert code == 2
+    assert f"{prefix}/docs.jsonl:61: no string field 'text'" in capsys.readouterr().err
+    assert s3_names(f"{prefix}/shards") == []
+    assert not any((tmp_path / "cache" / "prepare").iterdir())
