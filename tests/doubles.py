@@ -10,6 +10,8 @@ store on S3) so that tests in other processes
 - `kill/<cell_id>`: SIGKILL its own process after the first flush, once (the file is consumed);
 - `sleep_s`: total seconds a cell sleeps (default 0.2);
 - `law.json`: the known law `law_cell` draws final losses from (default LAW, LAW_RHO).
+A cell whose data are token shards loads them, as the real worker does, and reports their
+fingerprint (the bundled corpus is not read: "double").
 A cell of world size k > 1 checks that it runs in a torch process group of k ranks (all_reduce);
 only rank 0 writes.
 """
@@ -148,12 +150,22 @@ def _train(
         "hardware": platform.machine(),
         "world_size": cell.world_size,
         "attempt": attempt,
-        "data_fingerprint": "double",
+        "data_fingerprint": _data_fingerprint(cell),
         "finished_at": datetime.now(timezone.utc),
     }
     table = pa.Table.from_pylist([result], schema=RESULT_SCHEMA)
     store.write_atomic(paths.result, _parquet_bytes(table))
     return result
+
+
+def _data_fingerprint(cell: CellConfig) -> str:
+    """ "double" for the bundled corpus, which it does not read; the fingerprint of token shards
+    it loads as the real worker does (a remote folder through this node's cache)."""
+    if cell.data.source == "bundled":
+        return "double"
+    from workers.data import load_tokens
+
+    return load_tokens(cell.data).fingerprint
 
 
 def _rank_in_process_group(world_size: int) -> int:

@@ -82,10 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Parquet record another; a folder is read in sorted order) in parallel into "
         "OUT_DIR/train.bin, val.bin (the last --val-fraction of the tokens) and meta.json "
         "(tokenizer, its fingerprint, vocab_size); prints meta.json. A killed run resumes when "
-        "run again. Progress on stderr. See docs/data.md.",
+        "run again. SOURCE and OUT_DIR may be s3:// URIs. Progress on stderr. See docs/data.md.",
     )
-    prepare.add_argument("source", help="a folder, or one text, jsonl(.gz/.zst) or Parquet file")
-    prepare.add_argument("out_dir")
+    prepare.add_argument(
+        "source",
+        help="a folder or prefix, or one text, jsonl(.gz/.zst) or Parquet file (path or s3://)",
+    )
+    prepare.add_argument("out_dir", help="a folder or an s3:// prefix")
     prepare.add_argument("--val-fraction", type=float, default=0.05)
     prepare.add_argument(
         "--tokenizer",

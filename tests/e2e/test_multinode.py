@@ -212,8 +212,9 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
     the switch that stops it (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) makes it refuse worker nodes;
     the nodes report that address (`node_ips`).
 
-    Each node has a temp dir of its own, as on separate machines: nodes sharing one also share its
-    socket folder, where each picks the first free name (`raylet.1`) before its raylet binds it,
+    Each node has a temp dir of its own, its shard cache (`cache/`) in it, as on separate
+    machines: nodes sharing one also share its socket folder, where each picks the first free
+    name (`raylet.1`) before its raylet binds it,
     so two nodes started together can pick the same one and one raylet dies at start ("bind:
     Address already in use"); losing the other node then leaves no CPU, and the sweep waits.
     """
@@ -224,6 +225,7 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
     temp_dirs = {name: root / name for name in ("head", "node_a", "node_b")}
     port, dashboard_port, client_port = free_port(), free_port(), free_port()
     agent_port = {name: f"--dashboard-agent-listen-port={free_port()}" for name in temp_dirs}
+    cache = {name: {"COMPSCALE_CACHE": str(temp_dirs[name] / "cache")} for name in temp_dirs}
     placeholders = {
         "HEAD:8265": f"127.0.0.1:{dashboard_port}",
         "HEAD:6379": f"127.0.0.1:{port}",
@@ -239,7 +241,7 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
         processes["head"] = _ray_start(
             substitute(head_line, placeholders), f"--dashboard-port={dashboard_port}",
             f"--ray-client-server-port={client_port}", agent_port["head"],
-            env=env | FAST_DEATH_NOTICE, temp_dir=temp_dirs["head"],
+            env=env | FAST_DEATH_NOTICE | cache["head"], temp_dir=temp_dirs["head"],
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while not _listens(port):
@@ -249,7 +251,7 @@ def ray_start_processes(env: dict[str, str]) -> Iterator[RayProcesses]:
         for name in ("node_a", "node_b"):
             processes[name] = _ray_start(
                 substitute(worker_line, placeholders), "--num-cpus=1",
-                f'--resources={{"{name}": 1}}', agent_port[name], env=env,
+                f'--resources={{"{name}": 1}}', agent_port[name], env=env | cache[name],
                 temp_dir=temp_dirs[name],
             )  # fmt: skip
         dashboard = f"http://127.0.0.1:{dashboard_port}"
@@ -353,81 +355,134 @@ def test_separate_ray_processes_lose_a_raylet_and_every_cell_finishes_once(ray_p
     }  # where each cell finished
 
 
+def checkout_with_spec(target: Path, spec: str, text: str) -> Path:
+    """A copy of this checkout's code and sweeps, what a job needs (its .rayignore too), with
+    `spec` (a path in it) holding `text`."""
+    ignored = [".git", ".venv", "__pycache__", "*.egg-info", ".*_cache", "store", "runs", "docs"]
+    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(*ignored, "benchmarks", "tests"))
+    (target / spec).write_text(text)
+    return target
+
+
 def test_the_documented_cluster_commands_run_a_sweep_into_s3_and_rerun_its_failed_cell(tmp_path):
-    """docs/cluster.md's second cluster block, line by line, from this checkout (`--working-dir .`):
-    placeholders filled in, `sweeps/smoke.yaml` for the paper sweep, the stand-in cell function,
-    whose one failing cell is fixed between `query` and `rerun --failed`."""
-    from helpers import DOUBLE, ray_job_submit
+    """docs/cluster.md's second cluster block, line by line, from a copy of this checkout
+    (`--working-dir .`): placeholders filled in, `sweeps/smoke.yaml` for the paper sweep with its
+    token shards in the bucket (prepared there first, as docs/data.md says), the stand-in cell
+    function, whose one failing cell is fixed between `query` and `rerun --failed`. Nothing but
+    the bucket is shared: each node downloads the shards once into its own cache."""
+    from helpers import compscale, environment
     from s3 import moto_s3, unique_prefix
 
     from orchestrator.cells import expand
     from orchestrator.spec import load_spec
 
-    cell_ids = [cell.cell_id for cell in expand(load_spec(str(REPO / "sweeps" / "smoke.yaml")))]
-    one_failed = f"done {len(cell_ids) - 1}, failed 1"
-    control = tmp_path / "double"
-    (control / "fail").mkdir(parents=True)
-    (control / "fail" / cell_ids[0]).touch()  # fails every time, until the file is gone
-    with (
-        moto_s3() as s3,
-        ray_start_processes(s3 | {"COMPSCALE_DOUBLE_DIR": str(control)}) as cluster,
-    ):
+    (tmp_path / "text").mkdir()
+    shutil.copy(REPO / "orchestrator" / "driver.py", tmp_path / "text")  # some text to train on
+    log = tmp_path / "moto.log"
+    with moto_s3(log=log) as s3:
         uri = f"s3://{s3['COMPSCALE_TEST_BUCKET']}/{unique_prefix()}"
-        values = cluster.placeholders | {
-            "s3://BUCKET/compscale": uri,
-            "sweeps/paper-quant.yaml": " ".join(["sweeps/smoke.yaml", *DOUBLE]),
-            "paper-quant --failed": " ".join(["smoke --failed", *DOUBLE]),
-            "paper-quant": "smoke",
+        shards = f"{uri}/shards/smoke"
+        prepared = compscale(
+            "data", "prepare", str(tmp_path / "text"), shards, "--quiet", "--val-fraction", "0.5",
+            cwd=tmp_path, env=environment(COMPSCALE_CACHE=str(tmp_path / "cache")) | s3,
+        )  # fmt: skip
+        assert prepared.returncode == 0, prepared.stderr
+        meta = json.loads(prepared.stdout)
+        smoke = (REPO / "sweeps" / "smoke.yaml").read_text()
+        assert "data: {source: bundled}" in smoke
+        checkout = checkout_with_spec(
+            tmp_path / "checkout", "sweeps/smoke.yaml",
+            smoke.replace("data: {source: bundled}", f"data: {{source: {shards}}}"),
+        )  # fmt: skip
+        spec = load_spec(str(checkout / "sweeps" / "smoke.yaml"))
+        cell_ids = [cell.cell_id for cell in expand(spec)]
+        control = tmp_path / "double"
+        (control / "fail").mkdir(parents=True)
+        (control / "fail" / cell_ids[0]).touch()  # fails every time, until the file is gone
+        with ray_start_processes(s3 | {"COMPSCALE_DOUBLE_DIR": str(control)}) as cluster:
+            rows = run_the_documented_sweep(cluster, checkout, uri, cell_ids)
+            node_caches = {
+                name: sorted(path.name for path in (directory / "cache" / "shards").iterdir())
+                for name, directory in cluster.temp_dirs.items()
+                if name != "head"
+            }
+        downloads = {
+            name: len(re.findall(rf"GET /{re.escape(shards[5:])}/{name} HTTP", log.read_text()))
+            for name in ("train.bin", "val.bin")
         }
-        exports, job, status, query, rerun, report = (
-            substitute(line, values) for line in cluster_lines()[3:]
-        )
-        env = cluster.env | exported(exports)
-
-        def shell(line: str) -> subprocess.CompletedProcess:
-            """A documented line as typed in the checkout (`--working-dir .`)."""
-            return subprocess.run(
-                ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True,
-                timeout=240,
-            )  # fmt: skip
-
-        submitted = ray_job_submit(
-            ["bash", "-c", job], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
-        )
-        output = submitted.stdout + submitted.stderr
-        assert submitted.returncode != 0, output  # the sweep ended with a failed cell
-        assert "on Ray cluster at" in output, output
-        assert f"{one_failed} of {len(cell_ids)}" in output, output
-        # The upload: its size as the head logged it on receipt, its files as the job got them.
-        package = re.search(r"Uploading package gcs://(_ray_pkg_\w+)\.zip", output).group(1)
-        received = cluster.logs("head", "dashboard_JobHead.log")
-        pushed = re.search(
-            rf"Pushing file package 'gcs://{package}\.zip' \(([\d.]+)MiB\)", received
-        )
-        assert float(pushed.group(1)) < 4, f"the --working-dir upload is {pushed.group(1)} MiB"
-        session = cluster.temp_dirs["head"] / "session_latest"
-        job_dir = session / "runtime_resources" / "working_dir_files" / package
-        assert (job_dir / "orchestrator" / "driver.py").exists()
-        assert (job_dir / "workers" / "corpus").is_dir() and (job_dir / "sweeps").is_dir()
-        assert not [name for name in (".git", "docs", "benchmarks") if (job_dir / name).exists()]
-
-        listed = shell(status)
-        assert listed.returncode == 0 and listed.stdout.strip().endswith(one_failed)
-        # the failed cell's traceback: a worker node ran the uploaded code
-        assert f"working_dir_files/{package}/orchestrator/driver.py" in listed.stdout
-        table = shell(query)
-        assert table.returncode == 0, table.stderr
-        assert sum(cell_id in table.stdout for cell_id in cell_ids) == len(cell_ids) - 1
-        (control / "fail" / cell_ids[0]).unlink()  # the cause is fixed
-        rerun_run = ray_job_submit(
-            ["bash", "-c", rerun], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
-        )
-        output = rerun_run.stdout + rerun_run.stderr
-        assert rerun_run.returncode == 0, output
-        assert "on Ray cluster at" in output and f"done {cell_ids[0]}" in output, output
-        reported = shell(report)
-        assert reported.returncode == 0, reported.stdout + reported.stderr
-        assert f"report: {uri}/sweeps/smoke/report/report.html" in reported.stdout
-        rows = [json.loads(line) for line in shell(f"{status} --json").stdout.splitlines()]
     assert {row["cell_id"]: row["state"] for row in rows} == dict.fromkeys(cell_ids, "done")
     assert {row["node_id"] for row in rows} == set(cluster.node_ids.values())
+    assert downloads == {"train.bin": 2, "val.bin": 2}, "one download per node"
+    assert [len(folders) for folders in node_caches.values()] == [1, 1], node_caches
+    assert meta["fingerprint"].startswith("text:sha256:")
+    fingerprints = {row["data_fingerprint"] for row in rows}
+    assert fingerprints == {meta["fingerprint"]}, fingerprints
+
+
+def run_the_documented_sweep(
+    cluster: RayProcesses, checkout: Path, uri: str, cell_ids: list[str]
+) -> list[dict]:
+    """The block's lines in `checkout`: submit (the first cell fails), status, query, rerun,
+    report; returns `status --json`'s rows, each with its result row's `data_fingerprint`."""
+    from helpers import DOUBLE, ray_job_submit
+
+    one_failed = f"done {len(cell_ids) - 1}, failed 1"
+    values = cluster.placeholders | {
+        "s3://BUCKET/compscale": uri,
+        "sweeps/paper-quant.yaml": " ".join(["sweeps/smoke.yaml", *DOUBLE]),
+        "paper-quant --failed": " ".join(["smoke --failed", *DOUBLE]),
+        "paper-quant": "smoke",
+    }
+    exports, job, status, query, rerun, report = (
+        substitute(line, values) for line in cluster_lines()[3:]
+    )
+    env = cluster.env | exported(exports)
+    control = Path(env["COMPSCALE_DOUBLE_DIR"])
+
+    def shell(line: str) -> subprocess.CompletedProcess:
+        """A documented line as typed in the checkout (`--working-dir .`)."""
+        return subprocess.run(
+            ["bash", "-c", line], cwd=checkout, env=env, capture_output=True, text=True,
+            timeout=240,
+        )  # fmt: skip
+
+    submitted = ray_job_submit(
+        ["bash", "-c", job], cwd=checkout, env=env, capture_output=True, text=True, timeout=240
+    )
+    output = submitted.stdout + submitted.stderr
+    assert submitted.returncode != 0, output  # the sweep ended with a failed cell
+    assert "on Ray cluster at" in output, output
+    assert f"{one_failed} of {len(cell_ids)}" in output, output
+    # The upload: its size as the head logged it on receipt, its files as the job got them.
+    package = re.search(r"Uploading package gcs://(_ray_pkg_\w+)\.zip", output).group(1)
+    received = cluster.logs("head", "dashboard_JobHead.log")
+    pushed = re.search(rf"Pushing file package 'gcs://{package}\.zip' \(([\d.]+)MiB\)", received)
+    assert float(pushed.group(1)) < 4, f"the --working-dir upload is {pushed.group(1)} MiB"
+    session = cluster.temp_dirs["head"] / "session_latest"
+    job_dir = session / "runtime_resources" / "working_dir_files" / package
+    assert (job_dir / "orchestrator" / "driver.py").exists()
+    assert (job_dir / "workers" / "corpus").is_dir() and (job_dir / "sweeps").is_dir()
+    assert not [name for name in (".git", "docs", "benchmarks") if (job_dir / name).exists()]
+
+    listed = shell(status)
+    assert listed.returncode == 0 and listed.stdout.strip().endswith(one_failed)
+    # the failed cell's traceback: a worker node ran the uploaded code
+    assert f"working_dir_files/{package}/orchestrator/driver.py" in listed.stdout
+    table = shell(query)
+    assert table.returncode == 0, table.stderr
+    assert sum(cell_id in table.stdout for cell_id in cell_ids) == len(cell_ids) - 1
+    (control / "fail" / cell_ids[0]).unlink()  # the cause is fixed
+    rerun_run = ray_job_submit(
+        ["bash", "-c", rerun], cwd=checkout, env=env, capture_output=True, text=True, timeout=240
+    )
+    output = rerun_run.stdout + rerun_run.stderr
+    assert rerun_run.returncode == 0, output
+    assert "on Ray cluster at" in output and f"done {cell_ids[0]}" in output, output
+    reported = shell(report)
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    assert f"report: {uri}/sweeps/smoke/report/report.html" in reported.stdout
+    rows = [json.loads(line) for line in shell(f"{status} --json").stdout.splitlines()]
+    fingerprints = shell('compscale query "SELECT cell_id, data_fingerprint FROM results" --csv')
+    assert fingerprints.returncode == 0, fingerprints.stderr
+    by_cell = dict(line.split(",", 1) for line in fingerprints.stdout.splitlines()[1:])
+    return [row | {"data_fingerprint": by_cell.get(row["cell_id"])} for row in rows]
