@@ -21,6 +21,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -312,7 +313,7 @@ def staging_folder(out_uri: str) -> Path:
     """Where the shards for a remote OUT_DIR are made (and a killed run resumed) before their
     upload: `prepare/<last part of the URI>-<16 hex of it>` in the node's cache folder."""
     digest = hashlib.sha256(out_uri.encode()).hexdigest()[:16]
-    name = out_uri.rstrip("/").rsplit("/", 1)[-1] or "shards"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", out_uri.rstrip("/").rsplit("/", 1)[-1]) or "shards"
     return shardcache.cache_root() / "prepare" / f"{name}-{digest}"
 
 
