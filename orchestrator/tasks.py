@@ -13,7 +13,8 @@ another sweep's), is not started: the task says so and the driver waits for it. 
 size k > 1 runs its cell function in k Ray Train workers (TorchTrainer, DDP); world size 1 runs in
 the task itself (TorchTrainer costs ~14 s to start here). A WSD ladder's trunk is trained in
 segments, one task each (`execute_trunk`; the driver's bookkeeping of them is
-`orchestrator.ladders`).
+`orchestrator.ladders`), each under a claim of its segment with a lease of its own; a task that
+finds its segment held by another live task waits for that one's checkpoint instead of training.
 """
 
 from __future__ import annotations
