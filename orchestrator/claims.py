@@ -1,4 +1,4 @@
-"""Claims in the store: one driver per sweep, one starter per attempt of a cell.
+"""Claims in the store: one driver per sweep, one starter per attempt of a cell or trunk segment.
 
 Both rest on `Store.create_json`, a create that fails when the name exists, with exactly one
 winner among racers (`workers.storage.create_exclusive`: a hard link on a disk, a conditional PUT
@@ -16,6 +16,11 @@ Nothing is ever deleted, so a claim file is also the record of who ran what.
   lease of another task (held elsewhere: another driver's, or another sweep's); it takes over a
   silent one, and only the task that wins attempt k + 1 records attempt k's death, so a death is
   recorded once and only for an attempt that stopped.
+- A WSD ladder's trunk segment (`claim_segment`, the one that stops at fork f) is trained under
+  `trunks/<id>/claims/fork-<f>-attempt-<k>.json`, which its task then rewrites as its heartbeat
+  and marks ended. A fork whose checkpoint exists is done; a live claim of another task (two
+  sweeps sharing the ladder) is waited for; a silent or dead one is taken over, and its death
+  recorded in the trunk's events by the task that wins the next number.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from orchestrator.store import Store
-from workers.layout import EVENT_NAME, attempt_number, claim_number, driver_generation
+from workers.layout import (
+    EVENT_NAME,
+    attempt_number,
+    claim_number,
+    driver_generation,
+    segment_claim_number,
+)
 
 # Failed events that are not the cell's own fault: they never use up its retry budget.
 NOT_APPLICATION_ERRORS = ("WorkerDied", "TaskCancelledError", "KeyboardInterrupt", "SystemExit")
@@ -297,6 +308,82 @@ def claim_attempt(
                 record_death(store, latest, how)
             return CLAIMED, number
     return HELD, number
+
+
+# ---- trunk segments ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SegmentClaim:
+    """One claim of a trunk segment (the one that stops at `fork`): its attempt `number` and
+    content (`token`, `host`, `pid`, `unix_time` of its latest heartbeat, `ended` once over)."""
+
+    trunk_id: str
+    fork: int
+    number: int
+    content: dict[str, Any]
+
+    def stopped(self, lease_s: float) -> str | None:
+        """Why its holder no longer trains (it ended, its process is gone, its heartbeat is older
+        than the lease), or None while it does."""
+        if self.content.get("ended"):
+            return f"it ended ({self.content['ended']})"
+        return _stopped_because(self.content, lease_s)
+
+
+def latest_segment_claim(store: Store, trunk_id: str, fork: int) -> SegmentClaim | None:
+    """The segment's highest-numbered claim (one listing, one small read); None if unclaimed."""
+    paths = store.layout.trunk(trunk_id)
+    numbers = [segment_claim_number(name, fork) for name in store.list_names(paths.claims)]
+    number = max((k for k in numbers if k is not None), default=0)
+    if number == 0:
+        return None
+    return SegmentClaim(trunk_id, fork, number, store.read_json(paths.segment_claim(fork, number)))
+
+
+def claim_segment(
+    store: Store, trunk_id: str, fork: int, token: str, *, lease_s: float, host: str, pid: int
+) -> tuple[str, SegmentClaim | None]:
+    """Claim the next attempt of the trunk segment that stops at `fork` for the task `token`.
+    Returns (`CLAIMED`, its claim), (`DONE`, None) when the fork's checkpoint exists, or (`HELD`,
+    the claim of another task that trains it under a live lease). A stopped holder is taken over,
+    and so is one of `token`'s own (Ray retries a task whose process died with the same token)."""
+    paths = store.layout.trunk(trunk_id)
+    for _ in range(3):  # a lost race for a number re-reads who won it
+        if store.exists(paths.checkpoint(fork)):
+            return DONE, None
+        latest = latest_segment_claim(store, trunk_id, fork)
+        why = latest.stopped(lease_s) if latest else None
+        if latest is not None and why is None and latest.content.get("token") != token:
+            return HELD, latest
+        number = latest.number + 1 if latest else 1
+        content = {"token": token, "host": host, "pid": pid, "unix_time": time.time()}
+        if store.create_json(paths.segment_claim(fork, number), content):
+            if latest is not None and not latest.content.get("ended"):
+                _record_segment_death(store, latest, why or "its process died; Ray retried it")
+            return CLAIMED, SegmentClaim(trunk_id, fork, number, content)
+    return HELD, latest
+
+
+def _record_segment_death(store: Store, claim: SegmentClaim, how: str) -> None:
+    """Record, once (by the task that won the next number), that a segment's attempt stopped
+    without a word."""
+    store.record_trunk(
+        claim.trunk_id,
+        "failed",
+        claim.fork,
+        attempt=claim.number,
+        host=claim.content.get("host"),
+        pid=claim.content.get("pid"),
+        error_class="WorkerDied",
+        message=f"segment attempt {claim.number} stopped: {how}",
+    )
+
+
+def renew_segment(store: Store, claim: SegmentClaim, ended: str | None = None) -> None:
+    """Renew the heartbeat of a claim this task holds, or mark it `ended` (done, failed), so a
+    task waiting for the segment takes over without waiting for the lease."""
+    content = claim.content | {"unix_time": time.time()} | ({"ended": ended} if ended else {})
+    path = store.layout.trunk(claim.trunk_id).segment_claim(claim.fork, claim.number)
+    store.write_json(path, content)
 
 
 def application_failures(store: Store, cell_id: str) -> tuple[int, dict[str, Any] | None]:

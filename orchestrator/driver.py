@@ -269,7 +269,8 @@ class Driver:
         self.progress.move("pending", "running")
 
     def _start_segment(self, rung: Rung, fork: int, previous: Any) -> Any:
-        """Start the task that trains `rung`'s trunk up to `fork`, after `previous` (a segment)."""
+        """Start the task that trains `rung`'s trunk up to `fork`, after `previous` (a segment),
+        under a token of its own (shared by Ray's retries of it, `claims.claim_segment`)."""
         options, function = self._placed(rung.top)
         return self.trunk_task.options(**options).remote(
             rung.top.model_dump_json(),
@@ -278,6 +279,9 @@ class Driver:
             rung.trunk_id,
             rung.forks_to(fork),
             previous,
+            token=uuid.uuid4().hex,
+            heartbeat_s=self.heartbeat_s,
+            lease_s=self.lease_s,
         )
 
     def _placed(self, cell: CellConfig) -> tuple[dict[str, Any], CellFunction]:

@@ -10,7 +10,10 @@ fork k resumes from the trunk's newest checkpoint and keeps one at every fork up
 soon as that checkpoint exists while the trunk trains on to the next fork. A fork whose checkpoint
 is already in the store needs no segment: a rerun of one branch, or a driver restarted after its
 trunk finished, does not retrain the trunk. A segment whose process dies is retried by Ray and
-resumes from the trunk's newest checkpoint (kept every `checkpoint_every` steps).
+resumes from the trunk's newest checkpoint (kept every `checkpoint_every` steps). `Trunks` knows
+only this driver's segments: a segment that another driver (a sweep sharing the ladder) starts at
+the same time is told apart in the task, by the segment's claim (`orchestrator.claims`), so one
+of them trains it and the other waits for its checkpoint.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ another sweep's), is not started: the task says so and the driver waits for it. 
 size k > 1 runs its cell function in k Ray Train workers (TorchTrainer, DDP); world size 1 runs in
 the task itself (TorchTrainer costs ~14 s to start here). A WSD ladder's trunk is trained in
 segments, one task each (`execute_trunk`; the driver's bookkeeping of them is
-`orchestrator.ladders`).
+`orchestrator.ladders`), each under a claim of its segment with a lease of its own; a task that
+finds its segment held by another live task waits for that one's checkpoint instead of training.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -134,56 +136,121 @@ def execute_trunk(
     trunk_id: str,
     forks: tuple[int, ...],
     after: Any = None,
+    *,
+    token: str | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
+    lease_s: float = LEASE_S,
 ) -> dict[str, Any]:
-    """The body of one trunk segment's Ray task: train the trunk with the config of its ladder's
-    largest budget (`top_json`) up to the last of `forks`, recording the segment's events beside
-    the trunk; nothing when the fork's checkpoint exists already. `after` is the previous
-    segment's summary, an argument only so Ray orders them."""
+    """The body of one trunk segment's Ray task (`token` names this submission; Ray's retries of
+    it share it; a call without one gets its own): train the trunk with the config of its
+    ladder's largest budget (`top_json`) up to the last of `forks` under a claim of the segment
+    (`orchestrator.claims.claim_segment`), holding its lease and recording the segment's events
+    beside the trunk. Nothing is trained when the fork's checkpoint exists already, or once it
+    does after waiting for another task (another sweep's driver) that holds the segment. `after`
+    is the previous segment's summary, an argument only so Ray orders them."""
     store = Store(store_uri)
     fork = forks[-1]
-    if store.exists(store.layout.trunk(trunk_id).checkpoint(fork)):
+    where = {"host": socket.gethostname(), "pid": os.getpid()}
+    claim = claim_segment_or_wait(store, trunk_id, fork, token or uuid.uuid4().hex, lease_s)
+    if claim is None:
         return {"trunk_id": trunk_id, "fork": fork}  # trained since: another driver, or a retry
     cell = CellConfig.model_validate_json(top_json)
-    where = {"host": socket.gethostname(), "pid": os.getpid()}
-    store.record_trunk(trunk_id, "running", fork, **where, **placement())
-    try:
-        cell_fn(cell, store_uri, 0, ladder=Ladder(trunk_id, forks))
-    except BaseException as error:
-        store.record_trunk(
-            trunk_id,
-            "failed",
-            fork,
-            **where,
-            error_class=type(error).__name__,
-            message=str(error),
-            traceback=traceback.format_exc(),
-        )
-        raise
-    store.record_trunk(trunk_id, "done", fork, **where)
+    attempt = {"attempt": claim.number}
+    with segment_lease(store, claim, heartbeat_s):
+        store.record_trunk(trunk_id, "running", fork, **attempt, **where, **placement())
+        try:
+            cell_fn(cell, store_uri, 0, ladder=Ladder(trunk_id, forks))
+        except BaseException as error:
+            store.record_trunk(
+                trunk_id,
+                "failed",
+                fork,
+                **attempt,
+                **where,
+                error_class=type(error).__name__,
+                message=str(error),
+                traceback=traceback.format_exc(),
+            )
+            raise
+    store.record_trunk(trunk_id, "done", fork, **attempt, **where)
     return {"trunk_id": trunk_id, "fork": fork}
+
+
+def claim_segment_or_wait(
+    store: Store, trunk_id: str, fork: int, token: str, lease_s: float
+) -> claims.SegmentClaim | None:
+    """This task's claim of the trunk segment that stops at `fork`, or None once the fork's
+    checkpoint exists. While another task trains it under a live lease (a driver of another sweep
+    sharing the ladder), wait, recording `held` once per attempt waited for, and poll until the
+    checkpoint exists or the holder stops (then take it over)."""
+    host, pid = socket.gethostname(), os.getpid()
+    waited_for = 0
+    while True:
+        outcome, claim = claims.claim_segment(
+            store, trunk_id, fork, token, lease_s=lease_s, host=host, pid=pid
+        )
+        if outcome != claims.HELD:
+            return claim
+        if claim.number != waited_for:
+            holder = claim.content
+            store.record_trunk(
+                trunk_id,
+                "held",
+                fork,
+                attempt=claim.number,
+                host=host,
+                pid=pid,
+                message=f"segment attempt {claim.number} runs on host {holder.get('host')}, "
+                f"pid {holder.get('pid')}: waiting for its checkpoint at step {fork}",
+            )
+            waited_for = claim.number
+        time.sleep(min(lease_s / 4, 5.0))
 
 
 @contextmanager
 def heartbeat_lease(
     store: Store, cell_id: str, attempt: int, host: str, pid: int, every_s: float
 ) -> Iterator[None]:
-    """Hold the lease of a running attempt: a heartbeat now and every `every_s` seconds on a
-    daemon thread until the block ends, so a driver can tell a live attempt from a dead one."""
-    store.heartbeat(cell_id, attempt, host, pid)
+    """Hold the lease of a running attempt of a cell, so a driver can tell a live attempt from
+    a dead one."""
+    with beating(lambda: store.heartbeat(cell_id, attempt, host, pid), every_s, cell_id):
+        yield
+
+
+@contextmanager
+def segment_lease(store: Store, claim: claims.SegmentClaim, every_s: float) -> Iterator[None]:
+    """Hold the lease of a claimed trunk segment while it trains, then mark its claim ended
+    (done, or failed when the block raised), so a task waiting for it need not wait the lease."""
+    ended = "failed"
+    try:
+        with beating(lambda: claims.renew_segment(store, claim), every_s, claim.trunk_id):
+            yield
+        ended = "done"
+    finally:
+        claims.renew_segment(store, claim, ended=ended)
+
+
+@contextmanager
+def beating(beat: Callable[[], None], every_s: float, what: str) -> Iterator[None]:
+    """Call `beat` (renew a lease) now and every `every_s` seconds on a daemon thread until the
+    block ends; the thread is joined, so no beat lands after the block."""
+    beat()
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(every_s):
             try:
-                store.heartbeat(cell_id, attempt, host, pid)
+                beat()
             except OSError as error:  # a missed beat is survivable; the lease is generous
-                print(f"heartbeat of {cell_id} failed: {error}", file=sys.stderr)
+                print(f"heartbeat of {what} failed: {error}", file=sys.stderr)
 
-    threading.Thread(target=renew, daemon=True, name=f"lease-{cell_id}").start()
+    thread = threading.Thread(target=renew, daemon=True, name=f"lease-{what}")
+    thread.start()
     try:
         yield
     finally:
         stop.set()
+        thread.join()
 
 
 def placement() -> dict[str, str]:

@@ -125,6 +125,17 @@ COMPSCALE = str(Path(sys.executable).parent / "compscale")
 DOUBLE = ["--cell-fn", "doubles:run_cell"]
 
 
+def run_cell_trunk_paused(cell, store_uri: str, attempt: int | None = None, ladder=None) -> dict:
+    """`workers.run_cell` (real training), except that a WSD trunk segment pauses 3 s before it
+    trains (`--cell-fn helpers:run_cell_trunk_paused`): two drivers that start one segment at
+    once then surely overlap, so without the segment's claim both would train it."""
+    from workers import run_cell
+
+    if ladder is not None and ladder.forks:
+        time.sleep(3)
+    return run_cell(cell, store_uri, attempt, ladder)
+
+
 def environment(**extra: str) -> dict[str, str]:
     """The test's environment without Ray settings; this checkout first on the path (not the one
     an editable install points at), then the test doubles."""

@@ -13,6 +13,8 @@ from strings, so the layout in docs/contracts.md is written down in code exactly
     cells/<cell_id>/claims/attempt-<k>.json                who started attempt k (created once)
     cells/<cell_id>/tensorboard/, wandb/                   tracker files, with `trackers` on
     trunks/<trunk_id>/checkpoints/, losses/, status/       a WSD ladder's shared trunk
+    trunks/<trunk_id>/claims/fork-<f:09d>-attempt-<k>.json  who trains attempt k of the segment
+                                                           to fork f (created once, then beats)
     sweeps/<name>/spec.yaml, manifest.json, cancel/<utc-ts>.json, driver.log
     sweeps/<name>/drivers/<generation:06d>.json            driver claims; the highest one holds
     sweeps/<name>/reduction/, report/                      reducer tables and the report
@@ -35,6 +37,7 @@ EVENT_NAME = re.compile(
 )
 ATTEMPT_DIR = re.compile(r"^attempt-(?P<attempt>\d+)$")
 CLAIM_NAME = re.compile(r"^attempt-(?P<attempt>\d+)\.json$")
+SEGMENT_CLAIM_NAME = re.compile(r"^fork-(?P<fork>\d{9})-attempt-(?P<attempt>\d+)\.json$")
 DRIVER_CLAIM_NAME = re.compile(r"^(?P<generation>\d{6})\.json$")
 CHECKPOINT_NAME = re.compile(r"^step-(?P<steps>\d{9})\.pt$")
 # Files found by listing the whole store (paths relative to its root).
@@ -133,6 +136,16 @@ class CellPaths:
 
 
 @dataclass(frozen=True)
+class TrunkPaths(CellPaths):
+    """Every path of a WSD ladder's trunk: a cell's, and the claims of its segments."""
+
+    def segment_claim(self, fork: int, attempt: int) -> str:
+        """Created exclusively by the task that trains attempt `attempt` of the segment that
+        stops at `fork`: one trainer per number; it then rewrites it as its heartbeat."""
+        return f"{self.claims}/fork-{fork:09d}-attempt-{attempt}.json"
+
+
+@dataclass(frozen=True)
 class SweepPaths:
     """Every path of one sweep (its cells live under `cells/`, shared between sweeps)."""
 
@@ -210,10 +223,10 @@ class Layout:
     def trunks(self) -> str:
         return f"{self.root}/trunks"
 
-    def trunk(self, trunk_id: str) -> CellPaths:
+    def trunk(self, trunk_id: str) -> TrunkPaths:
         """A WSD trunk shared by a ladder's cells (`workers.ladder`): its checkpoints at the fork
         steps and its loss rows, laid out as a cell's, outside `cells/` since it is no cell."""
-        return CellPaths(f"{self.trunks}/{trunk_id}")
+        return TrunkPaths(f"{self.trunks}/{trunk_id}")
 
 
 def event_attempt(name: str) -> int | None:
@@ -226,6 +239,13 @@ def claim_number(name: str) -> int | None:
     """The attempt number of a `claims/attempt-<k>.json` file name (None if it is not one)."""
     match = CLAIM_NAME.match(name)
     return int(match["attempt"]) if match else None
+
+
+def segment_claim_number(name: str, fork: int) -> int | None:
+    """The attempt number of a `claims/fork-<fork>-attempt-<k>.json` file name (None if it is
+    not one, or one of another fork's segment)."""
+    match = SEGMENT_CLAIM_NAME.match(name)
+    return int(match["attempt"]) if match and int(match["fork"]) == fork else None
 
 
 def driver_generation(name: str) -> int | None:
