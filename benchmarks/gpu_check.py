@@ -93,7 +93,7 @@ def sweep_tables(store: Path, cells_csv: Path) -> str:
         lines += ["", "val_loss by format (rows) and (model, tokens) (columns):", ""]
         lines.append(table.round(4).to_markdown())
         speed = results.groupby("format")["tokens_per_s"].median().sort_values()
-        lines += ["", "median tokens/s per cell (8 cells sharing the GPU):", ""]
+        lines += ["", "median tokens/s per cell (cells share the device by `resources`):", ""]
         lines.append(speed.round(0).to_frame().to_markdown())
     return "\n".join(lines)
 
@@ -115,7 +115,7 @@ def summary(work: Path, store: Path, out: Path) -> None:
         "## The gpu-mini cut through `compscale submit` on the embedded local Ray",
         "",
         f"`{CUT_NAME}.yaml` below (`python benchmarks/gpu_check.py cut`): "
-        "`compscale submit` with `resources.gpus: 0.125`, bf16, WSD ladders.",
+        "`compscale submit`, its cells packed by the cut's `resources`, WSD ladders.",
         "",
         sweep_tables(store, out.parent / "cells.csv"),
         "",
