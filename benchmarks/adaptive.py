@@ -198,7 +198,8 @@ def static_flops(spec, cells, truth: dict, level: float, target: float, most: in
     narrow as `target` (inf: not within `most` seeds)."""
     import pandas as pd
 
-    from compscale.questions import answer, parse_question, unified_fit
+    from compscale.questions import answer, parse_question
+    from compscale.reduce import unified_fit
     from orchestrator.autopilot import sweep_flops
 
     sys_path_tests()

@@ -1,5 +1,5 @@
 """Questions a sweep can ask of its fitted law, each one number with an interval from the paired
-unified fit's bootstrap (the fit `compscale.reduce` makes; see `unified_fit`).
+unified fit's bootstrap (the fit `compscale.reduce` makes; `compscale.reduce.unified_fit`).
 
 - `composition A B`: rho(A+B) / (rho(A) rho(B)), judged on its log (0 = multiplicative).
 - `rho FORMAT`: one capacity, judged on log rho.
@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from compscale import laws
 
@@ -194,32 +192,4 @@ def answer(question: Question, fit: laws.FitResult, level: float = 0.95) -> Answ
         scale(float(high[0])),
         float(high[0] - low[0]) / 2,
         **common,
-    )
-
-
-def unified_fit(
-    results: pd.DataFrame,
-    options: laws.FitOptions,
-    *,
-    warm_starts: Sequence[np.ndarray] | None = None,
-) -> laws.FitResult:
-    """The unified-law fit `compscale.reduce.reduce` makes of the same rows with the same
-    `options`: paired over (N, D, seed) when `options.paired` says so or, left None, when
-    `reduce.pairable`, with the cells resampled by group. (`warm_starts` skip the start grid; a
-    reduction's fit starts from the grid, so leave them out where the two must agree to the
-    digit.)"""
-    from compscale.reduce import pairable
-
-    results = results.reset_index(drop=True)
-    results = results.assign(format=results["format"].astype(str))
-    paired = pairable(results) if options.paired is None else options.paired
-    return laws.fit(
-        results["params"],
-        results["tokens"],
-        results["val_loss"],
-        results["format"],
-        law="unified",
-        options=options,
-        warm_starts=warm_starts,
-        paired_seeds=results["seed"] if paired else None,
     )

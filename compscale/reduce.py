@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from io import StringIO
 from pathlib import Path
@@ -232,6 +232,33 @@ def pairable(results: pd.DataFrame) -> bool:
     return bool(seeds.max() > 1 and (groups == results["format"].nunique()).all())
 
 
+def unified_fit(
+    results: pd.DataFrame,
+    options: laws.FitOptions,
+    *,
+    warm_starts: Sequence[np.ndarray] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> laws.FitResult:
+    """The unified law fitted to result rows as `reduce` fits it (and `compscale.questions`
+    asks it): paired over (N, D, seed) when `options.paired` says so or, left None, when
+    `pairable`, with the cells resampled by group. (`warm_starts` skip the start grid; `reduce`
+    starts from the grid, so leave them out where the two must agree to the digit.)"""
+    results = results.reset_index(drop=True)
+    results = results.assign(format=results["format"].astype(str))
+    paired = pairable(results) if options.paired is None else options.paired
+    return laws.fit(
+        results["params"],
+        results["tokens"],
+        results["val_loss"],
+        results["format"],
+        law="unified",
+        options=options,
+        warm_starts=warm_starts,
+        progress=progress,
+        paired_seeds=results["seed"] if paired else None,
+    )
+
+
 def reduce(
     results: pd.DataFrame,
     options: laws.FitOptions | None = None,
@@ -275,17 +302,7 @@ def reduce(
     def stage(name: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
-    paired = pairable(results) if options.paired is None else options.paired
-    fit = laws.fit(
-        results["params"],
-        results["tokens"],
-        results["val_loss"],
-        results["format"],
-        law="unified",
-        options=options,
-        progress=stage("unified law"),
-        paired_seeds=results["seed"] if paired else None,
-    )
+    fit = unified_fit(results, options, progress=stage("unified law"))
     formats = list(fit.rho)
     compressed = [name for name in formats if name != options.dense]
     parts = {name: tuple(parts_of(name)) for name in compressed}

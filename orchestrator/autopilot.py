@@ -2,7 +2,7 @@
 cells until the spec's question is answered.
 
 Round 0 is the spec's own cells. After each round the driver fits the sweep's results as the
-reducer does (`compscale.questions.unified_fit`: the paired unified fit, bootstrap by group),
+reducer does (`compscale.reduce.unified_fit`: the paired unified fit, bootstrap by group),
 computes the question's interval at the stop rule's level (`compscale.stopping`), writes the
 round's row (`orchestrator.rounds`) and either stops (target reached, last look, budget, no
 candidate helps) or picks the next round's cells: whole (N, D, seed) groups, a new seed at one
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from compscale import stopping
 from compscale.design import Group, propose_groups, shared_noise
 from compscale.laws import FitOptions
-from compscale.questions import Answer, Question, answer, judged, parse_question, unified_fit
+from compscale.questions import Answer, Question, answer, judged, parse_question
+from compscale.reduce import unified_fit
 from orchestrator import rounds
 from orchestrator.spec import SpecError, SweepSpec, canonical_format
 from orchestrator.store import Store
