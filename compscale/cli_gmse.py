@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     method = "monte-carlo" if args.monte_carlo else "auto"
     estimates = [estimate(fmt, rows, cols, args.seed, method) for fmt in formats]
     parts = [
-        components(fmt, rows, cols, args.seed, method) if len(fmt.components()) > 1 else ()
+        components(fmt, rows, cols, args.seed, method)
+        if len(fmt.components()) > 1 or fmt.has_backward
+        else ()
         for fmt in formats
     ]
     if args.json:
@@ -69,8 +71,9 @@ def _print_table(estimates: list, parts: list, rows: int, cols: int, seed: int) 
         title="Gaussian MSE of representations",
         caption=f"effective bits = log_1/4(GMSE); stderr of Monte Carlo over a {rows} x {cols} "
         f"N(0, 1) matrix (seed {seed}); 'exact': closed-form integral, long-row limit. A format "
-        "of several parts (sparsity + quantization, weights + activations) lists each part's "
-        "own GMSE below it: capacities multiply over parts. The format's GMSE is its weights'.",
+        "of several parts (sparsity + quantization, weights + activations) or with a backward part "
+        "(g:, the backward GEMMs' quantizer) lists each part's own GMSE below it: capacities "
+        "multiply over forward parts. The format's GMSE is its weights'.",
     )
     for header in ("format", "bits/param", "GMSE", "stderr", "effective bits"):
         table.add_column(header, justify="left" if header == "format" else "right", no_wrap=True)

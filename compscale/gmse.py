@@ -9,10 +9,12 @@ grouping, scales, clipping and rotation are the training ones. Two ways to compu
   `dense` is 0 and `noise{g}` is g by construction;
 - Monte Carlo otherwise, with a seeded matrix; the standard error treats rows as independent samples
   of the ratio (delta method).
-For `w:...,a:...` formats the GMSE is the weight format's; a format's capacity, though, is per
-tensor and per method (`Format.components`), so `components` gives each part's own GMSE: the
-weights' sparsity and quantization, and the activations' quantizer (applied per token, the same
-per-row op as for weights, so its GMSE on N(0, 1) data is that format's GMSE).
+For `w:...,a:...` and `...,g:...` formats the GMSE is the weight format's; a format's capacity,
+though, is per tensor and per method (`Format.components`), so `components` gives each part's own
+GMSE: the weights' sparsity and quantization, the activations' quantizer (applied per token, the
+same per-row op as for weights, so its GMSE on N(0, 1) data is that format's GMSE), and the
+backward GEMMs' quantizer of a `g:` part (the same per-row op along each GEMM's reduction
+dimension: the relative error it adds to each backward operand, were the operand Gaussian).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import torch
 
 from compscale.formats import Format, parse
 from compscale.formats.activation import WeightsAndActivations
+from compscale.formats.base import Direction
 from compscale.formats.gaussian import gaussian_quantizer_mse
+from compscale.formats.gradients import QuantizedBackward
 from compscale.formats.noise import NoiseFormat
 from compscale.formats.scalar import ScalarFormat
 from compscale.formats.sparse import Dense
@@ -40,7 +44,8 @@ Method = Literal["auto", "exact", "monte-carlo"]
 class ComponentGMSE:
     """One part of a format (`Format.components`) with its own GMSE: what the capacity law sees."""
 
-    tensor: str  # "weights" or "activations"
+    tensor: str  # "weights", "activations" or "gradients" (the backward GEMMs' operands)
+    direction: Direction  # "forward" (weights, activations) or "backward" (gradients)
     family: str  # "quantization" or "sparsity"
     format: str
     gmse: float
@@ -70,6 +75,8 @@ def exact_gmse(fmt: Format | str) -> float | None:
     fmt = parse(fmt) if isinstance(fmt, str) else fmt
     if isinstance(fmt, WeightsAndActivations):
         return exact_gmse(fmt.weights)
+    if isinstance(fmt, QuantizedBackward):
+        return exact_gmse(fmt.forward)
     if isinstance(fmt, Dense):
         return 0.0
     if isinstance(fmt, NoiseFormat):
@@ -142,17 +149,27 @@ def components(
     for part in fmt.components():
         value = estimate(part.format, rows, cols, seed, method)
         parts.append(
-            ComponentGMSE(part.tensor, part.family, str(part.format), value.gmse, value.stderr)
+            ComponentGMSE(
+                part.tensor,
+                part.direction,
+                part.family,
+                str(part.format),
+                value.gmse,
+                value.stderr,
+            )
         )
     return tuple(parts)
 
 
-def parts_of(name: str) -> tuple[tuple[str, float], ...]:
-    """A format's (family, GMSE) parts, what the capacity law multiplies over; cached, since a fit
+def parts_of(name: str, direction: Direction = "forward") -> tuple[tuple[str, float], ...]:
+    """A format's (family, GMSE) parts in one direction: the forward ones are what the capacity
+    law multiplies over (rho on N), the backward ones (`g:`) what acts on D. Cached, since a fit
     asks for the same formats again and again."""
-    return _parts_of(str(parse(name)))
+    return _parts_of(str(parse(name)), direction)
 
 
 @functools.lru_cache(maxsize=512)
-def _parts_of(name: str) -> tuple[tuple[str, float], ...]:
-    return tuple((part.family, part.gmse) for part in components(name))
+def _parts_of(name: str, direction: Direction) -> tuple[tuple[str, float], ...]:
+    return tuple(
+        (part.family, part.gmse) for part in components(name) if part.direction == direction
+    )

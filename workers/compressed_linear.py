@@ -1,7 +1,8 @@
 """The seam between the model and a representation: a linear layer that computes with the weight
-its format gives back (straight-through in the backward pass), and with quantized inputs where the
-format quantizes activations. Sparse formats keep a boolean keep-mask buffer, so masks live in the
-state dict and therefore in checkpoints.
+its format gives back (straight-through in the backward pass), with quantized inputs where the
+format quantizes activations, and through the format's product (`Format.linear`), which quantizes
+the backward GEMMs where the format has a `g:` part. Sparse formats keep a boolean keep-mask
+buffer, so masks live in the state dict and therefore in checkpoints.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compscale.formats import Format
@@ -38,7 +38,7 @@ class CompressedLinear(nn.Linear):
             self.mask.copy_(mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.fmt.apply_activation(x), self.fmt.apply(self.weight, self.mask))
+        return self.fmt.linear(self.fmt.apply_activation(x), self.fmt.apply(self.weight, self.mask))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, format={self.fmt}"

@@ -29,15 +29,25 @@ class FormatError(ValueError):
 Family = Literal["quantization", "sparsity"]
 
 
+Direction = Literal["forward", "backward"]
+
+
 @dataclass(frozen=True)
 class Component:
-    """One compressed part of a format: the tensor it compresses (`weights` or `activations`),
-    its compression family, and the single-part format that does it. Capacities compose
-    multiplicatively over a format's components (the paper's rho(q_w, s_w, q_a))."""
+    """One compressed part of a format: the tensor it compresses (`weights`, `activations`, or
+    `gradients`: the operands of the backward pass's GEMMs), its compression family, and the
+    single-part format that does it. Capacities compose multiplicatively over a format's forward
+    components (the paper's rho(q_w, s_w, q_a)); a backward part changes what the data teaches,
+    not what the model holds, so a law that tells them apart (`direction`) charges it to D."""
 
-    tensor: Literal["weights", "activations"]
+    tensor: Literal["weights", "activations", "gradients"]
     family: Family
     format: Format
+
+    @property
+    def direction(self) -> Direction:
+        """`backward` for the gradients' part, `forward` for the weights' and activations'."""
+        return "backward" if self.tensor == "gradients" else "forward"
 
 
 class Format:
@@ -89,10 +99,26 @@ class Format:
         """Identity unless the format quantizes activations."""
         return x
 
+    def linear(self, inputs: Tensor, weight: Tensor) -> Tensor:
+        """`inputs @ weight.T` of the already-compressed operands (`apply_activation`, `apply`):
+        a plain product unless the format quantizes the backward pass's GEMMs (`g:`)."""
+        return torch.nn.functional.linear(inputs, weight)
+
     def components(self) -> tuple[Component, ...]:
-        """The parts whose capacities multiply; a plain weight quantizer (scalar, vector, float
-        grid, Gaussian noise standing in for one) is one quantization part of the weights."""
+        """Every compressed part, forward ones (whose capacities multiply) first; a plain weight
+        quantizer (scalar, vector, float grid, Gaussian noise standing in for one) is one
+        quantization part of the weights."""
         return (Component("weights", "quantization", self),)
+
+    @property
+    def has_forward(self) -> bool:
+        """Whether any part compresses the forward pass (weights or activations): rho on N."""
+        return any(part.direction == "forward" for part in self.components())
+
+    @property
+    def has_backward(self) -> bool:
+        """Whether any part compresses the backward pass (`g:`): what acts on D."""
+        return any(part.direction == "backward" for part in self.components())
 
 
 Compressor = Callable[[Tensor], tuple[Tensor, "Tensor | None"]]

@@ -8,6 +8,7 @@ from compscale.formats.activation import WeightsAndActivations
 from compscale.formats.backward import BackwardMask
 from compscale.formats.base import Format, FormatError
 from compscale.formats.compose import Composed
+from compscale.formats.gradients import QuantizedBackward
 from compscale.formats.noise import NoiseFormat
 from compscale.formats.scalar import ScalarFormat
 from compscale.formats.sparse import Dense, MagnitudeSparse, NMSparse, SparseFormat
@@ -20,7 +21,8 @@ GRAMMAR = (
     "-g{group size}, -had "
     "(e.g. int4-g128-had) | vq{bits}d{dim} (e.g. vq2d4) | noise{relative mse} (e.g. noise0.05) | "
     "SPARSE+SCALAR (e.g. sp50+int4) | w:FORMAT,a:SCALAR (e.g. w:int4,a:int8; w:dense,a:int4 "
-    "quantizes activations only)"
+    "quantizes activations only) | any of these followed by ,g:SCALAR, which quantizes the "
+    "backward pass's GEMMs (g:int8 alone, w:int4,g:int8, w:int4,a:int4,g:int4)"
 )
 
 _NUMBER = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
@@ -31,6 +33,8 @@ _SCALAR = re.compile(r"(int|fp)(\d+)((?:-[a-z0-9]+)*)")
 _VECTOR = re.compile(r"vq(\d+)d(\d+)")
 _NOISE = re.compile(rf"noise{_NUMBER}")
 _ACTIVATIONS = re.compile(r"w:([^,]+),a:([^,]+)")
+_WEIGHTS = re.compile(r"w:([^,]+)")
+_GRADIENTS = re.compile(r"(?:(.+),)?g:([^,]+)")
 
 
 def _scalar(text: str) -> ScalarFormat | None:
@@ -79,21 +83,40 @@ def _single(text: str) -> Format | None:
     return _sparse(text) or _scalar(text)
 
 
+def _forward(text: str) -> Format | None:
+    """A format without a backward part: `w:W,a:A` or a single one."""
+    if match := _ACTIVATIONS.fullmatch(text):
+        weights, activations = _single(match.group(1)), _scalar(match.group(2))
+        if weights is None or activations is None:
+            return None
+        return WeightsAndActivations(weights, activations)
+    return _single(text)
+
+
+def _with_gradients(forward_text: str | None, gradients_text: str) -> Format | None:
+    """`[w:W,[a:A,]]g:G`: the forward part is written tagged, or left out when it is dense."""
+    if forward_text is None:
+        forward: Format | None = Dense()
+    elif match := _WEIGHTS.fullmatch(forward_text):
+        forward = _single(match.group(1))
+    else:
+        forward = _forward(forward_text) if _ACTIVATIONS.fullmatch(forward_text) else None
+    gradients = _scalar(gradients_text)
+    if forward is None or gradients is None:
+        return None
+    return QuantizedBackward(forward, gradients)
+
+
 def parse(text: str) -> Format:
     """Parse a format string; FormatError (a ValueError) names the string and the grammar."""
     if not isinstance(text, str):
         raise FormatError(f"a format must be a string, got {type(text).__name__}")
     cleaned = text.strip().lower()
     try:
-        if match := _ACTIVATIONS.fullmatch(cleaned):
-            weights, activations = _single(match.group(1)), _scalar(match.group(2))
-            fmt = (
-                None
-                if weights is None or activations is None
-                else WeightsAndActivations(weights, activations)
-            )
+        if match := _GRADIENTS.fullmatch(cleaned):
+            fmt = _with_gradients(match.group(1), match.group(2))
         else:
-            fmt = _single(cleaned)
+            fmt = _forward(cleaned)
     except FormatError as error:
         if "accepted:" in str(error):
             raise

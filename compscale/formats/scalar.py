@@ -217,11 +217,16 @@ class ScalarFormat(Format):
         check_matrix(weight, self)
         return self._apply_rows(weight, mask)
 
-    def quantize_activation(self, x: Tensor) -> Tensor:
-        """Quantize activations per token (one scale per vector along the last dimension); used
-        by `w:...,a:...` formats (a plain weight format leaves activations alone)."""
+    def quantize_rows(self, x: Tensor) -> Tensor:
+        """Quantize a tensor of any rank with one scale per vector along its last dimension (or
+        per group of it), the weights' op on every such vector; straight-through backward."""
         flat = x.reshape(-1, x.shape[-1])
         return self._apply_rows(flat, None).reshape(x.shape)
+
+    def quantize_activation(self, x: Tensor) -> Tensor:
+        """Quantize activations per token (rows along the feature dimension); used by
+        `w:...,a:...` formats (a plain weight format leaves activations alone)."""
+        return self.quantize_rows(x)
 
     def _apply_rows(self, weight: Tensor, mask: Tensor | None) -> Tensor:
         if self.hadamard and mask is not None:
