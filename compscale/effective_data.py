@@ -47,10 +47,9 @@ def backward_gmse(name: str) -> float | None:
     """GMSE of format `name`'s backward quantizer from the format grammar; None when it has no
     backward part, several (no one GMSE), or does not parse."""
     from compscale.gmse import components
-    from compscale.multipliers import BACKWARD_TENSORS
 
     try:
-        parts = [part.gmse for part in components(name) if part.tensor in BACKWARD_TENSORS]
+        parts = [part.gmse for part in components(name) if part.direction == "backward"]
     except ValueError:
         return None
     return float(parts[0]) if len(parts) == 1 else None

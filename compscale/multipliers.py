@@ -1,17 +1,15 @@
 """Which multiplier of the quantized-training law a format's parts scale: parts compressed in the
 forward pass (weights, activations) cost parameter efficiency and scale N (effN, the unified
-law's rho); parts compressed in the backward pass (gradients) cost data efficiency and scale D
-(effD), as Quartet (arXiv 2505.14669) fits them.
+law's rho); parts compressed in the backward pass (`g:`, gradients) cost data efficiency and
+scale D (effD), as Quartet (arXiv 2505.14669) fits them.
 
-The format grammar is the one source of truth: a `Component` names the tensor it compresses, and
-`BACKWARD_TENSORS` are the tensors only the backward pass touches. A format the grammar does not
-parse (an external table's name) defaults to forward only; a table says otherwise with its
-`on_n` / `on_d` columns (`compscale.table.multiplier_columns`).
+The format grammar is the one source of truth (`Format.has_forward`, `Format.has_backward`). A
+format the grammar does not parse (an external table's name) defaults to forward only; a table
+says otherwise with its `on_n` / `on_d` columns (`compscale.table.multiplier_columns`).
 """
 
 from __future__ import annotations
 
-BACKWARD_TENSORS = frozenset({"gradients"})
 DEFAULT = (True, False)  # (on_n, on_d) of a format nothing says more about
 
 
@@ -22,8 +20,7 @@ def multipliers(name: str) -> tuple[bool, bool]:
     from compscale.formats import parse
 
     try:
-        components = parse(name).components()
+        fmt = parse(name)
     except ValueError:
         return DEFAULT
-    tensors = {component.tensor for component in components}
-    return bool(tensors - BACKWARD_TENSORS), bool(tensors & BACKWARD_TENSORS)
+    return fmt.has_forward, fmt.has_backward

@@ -116,16 +116,30 @@ def test_a_format_without_a_backward_part_scales_n_only():
     assert multipliers("dense") == (False, False)
 
 
-def test_a_backward_component_scales_d(monkeypatch):
-    """The seam a backward part of the grammar plugs into: a component on the gradients."""
-    from compscale import formats
-
-    class Backward:
-        def components(self):
-            return (formats.base.Component("gradients", "quantization", None),)
-
-    monkeypatch.setattr(formats, "parse", lambda name: Backward())
+def test_a_backward_part_of_the_grammar_scales_d():
     assert multipliers("g:int4") == (False, True)
+    assert multipliers("w:int4,g:int8") == (True, True)
+    assert multipliers("w:int4,a:int4,g:int4") == (True, True)
+
+
+def test_unified_effd_on_the_grammars_g_formats_recovers_eff_d_with_rho_left_at_1():
+    """No table columns: the grammar alone says `g:` formats scale D only, so their rho stays 1
+    and their effD comes back."""
+    eff_d = {"g:int4": 0.6, "g:int8": 0.9}
+    table = cells({"dense": 1.0, "int4": 0.8} | dict.fromkeys(eff_d, 1.0), eff_d)
+    result = laws.fit(
+        table.params,
+        table.tokens,
+        table.loss,
+        table.format,
+        law="unified-effd",
+        options=NO_BOOTSTRAP,
+    )
+    for name, truth in eff_d.items():
+        assert abs(result.params[f"eff_d[{name}]"] - truth) < 0.03
+        assert result.rho[name] == 1.0
+    assert abs(result.rho["int4"] - 0.8) < 0.03
+    assert "eff_d[int4]" not in result.params
 
 
 def test_a_tables_on_n_and_on_d_columns_say_which_multiplier_and_must_agree(tmp_path):
