@@ -12,15 +12,27 @@ layout, no training). Meanwhile:
 It prints cells done and lost, duplicated (cell, step) loss rows, cells trained more than once
 beyond their killed attempts, deaths recorded for attempts that finished, and the driver's CPU
 time per cell and peak RSS per run (targets: <= 10 ms a cell, RSS flat in the cell count).
+Besides the store, each cell process appends to a log of its own (`trainings/`, outside the
+store) a line per training it completed (its result row written; a trunk segment: its last
+fork's checkpoint), so "trained once" is counted where it happens, not read back from events.
+
+`--s3` runs it on an S3 store (a moto server on 127.0.0.1 in a process of its own; claims are
+conditional PUTs) as two sweeps submitted at once: seeds [0, 0.6 N) and [0.4 N, N), so 0.2 N
+cells are in both, and both hold one WSD ladder of three budgets (its trunk trained in segments,
+each segment process SIGKILLed once before its last checkpoint). The first sweep's driver is
+killed twice and restarted; the second's runs throughout. It also counts moto's requests.
 
     .venv/bin/python benchmarks/chaos.py                 # 10,000 cells
     .venv/bin/python benchmarks/chaos.py --cells 1000
+    .venv/bin/python benchmarks/chaos.py --cells 1000 --s3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -29,17 +41,22 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = "chaos"
+S3_SWEEPS = ("chaos-a", "chaos-b")  # seeds [0, 0.6 N) and [0.4 N, N): 0.2 N cells in both
+LADDER_TOKENS = (16_384, 32_768, 65_536)  # tiny WSD budgets of 4, 8 and 16 steps: forks 3, 6, 12
+TRAININGS = "CHAOS_TRAININGS"  # the folder of the per-process training logs, outside the store
 KILL_FRACTION = 0.1  # of cell processes (attempts), each decided by a hash: reproducible
 DRIVER_KILLS = (0.2, 0.5)  # fractions of the cells done when the driver is SIGKILLed
 NODE_REMOVAL = 0.35  # fraction of the cells done when a worker node is removed
 HEARTBEAT_S, LEASE_S = "1", "10"
-DONE_LINE = re.compile(rf"^\[{SWEEP}\] done (\S+) \(")
+DONE_LINE = re.compile(r"^\[\S+\] done (\S+) \(")
 
 
 def killed(cell_id: str, attempt: int) -> bool:
@@ -48,21 +65,30 @@ def killed(cell_id: str, attempt: int) -> bool:
     return int.from_bytes(digest[:8], "big") < KILL_FRACTION * 2**64
 
 
-def chaos_cell(cell: Any, store_uri: str, attempt: int) -> dict:
+def chaos_cell(cell: Any, store_uri: str, attempt: int, ladder: Any = None) -> dict:
     """The cell function: a loss row, maybe a SIGKILL of its own process, a loss row, the result
-    (the layout and schemas of docs/contracts.md, no training)."""
+    (the layout and schemas of docs/contracts.md, no training). With a `ladder` that has forks it
+    is a trunk segment (`chaos_segment`); a ladder's branch first checks its fork's checkpoint."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from orchestrator.store import Store
+    from workers.ladder import fork_step
     from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
+
+    store = Store(store_uri)
+    if ladder is not None and ladder.forks:
+        return chaos_segment(store, ladder.trunk_id, ladder.forks)
+    if ladder is not None:
+        fork = store.layout.trunk(ladder.trunk_id).checkpoint(fork_step(cell))
+        if not store.exists(fork):
+            raise RuntimeError(f"branch {cell.cell_id} started before its fork {fork} existed")
 
     def parquet(rows: list[dict], schema: pa.Schema) -> bytes:
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
         return sink.getvalue().to_pybytes()
 
-    store = Store(store_uri)
     paths = store.layout.cell(cell.cell_id)
     for step in (1, 2):
         row = {"cell_id": cell.cell_id, "attempt": attempt, "step": step, "train_loss": 1.0 / step}
@@ -73,7 +99,55 @@ def chaos_cell(cell: Any, store_uri: str, attempt: int) -> dict:
     result |= {"format": cell.format, "seed": cell.seed, "val_loss": 0.5, "attempt": attempt}
     result |= {"steps": 2, "finished_at": datetime.now(timezone.utc)}
     store.write_atomic(paths.result, parquet([result], RESULT_SCHEMA))
+    log_training("cell", cell.cell_id, attempt)
     return {"tokens": cell.tokens, "tokens_per_s": 0.0}
+
+
+def chaos_segment(store: Any, trunk_id: str, forks: tuple[int, ...]) -> dict:
+    """A trunk segment: the missing checkpoints up to its last fork, its process SIGKILLed once
+    (the first time any process runs the segment) just before the last one."""
+    trunk = store.layout.trunk(trunk_id)
+    for fork in forks:
+        if fork == forks[-1] and first_time(f"kill-{trunk_id}-{fork}"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if not store.exists(trunk.checkpoint(fork)):
+            store.write_atomic(trunk.checkpoint(fork), f"chaos checkpoint {fork}".encode())
+    log_training("segment", trunk_id, forks[-1])
+    return {"trunk_id": trunk_id, "steps": forks[-1]}
+
+
+def log_training(kind: str, name: str, number: int) -> None:
+    """Append `kind name number` to this process's training log (one write: a SIGKILL cannot
+    leave half a line)."""
+    folder = Path(os.environ[TRAININGS])
+    line = f"{kind} {name} {number}\n".encode()
+    descriptor = os.open(folder / f"{os.getpid()}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(descriptor, line)
+    finally:
+        os.close(descriptor)
+
+
+def first_time(marker: str) -> bool:
+    """True for the first process on this machine to ask with `marker` (an exclusive create)."""
+    try:
+        os.close(os.open(Path(os.environ[TRAININGS]) / marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+def trainings(folder: Path) -> tuple[Counter, Counter]:
+    """Completed trainings from the logs: per cell id, and per (trunk id, fork) segment."""
+    cells, segments = Counter(), Counter()
+    for log in folder.glob("*.log"):
+        for line in log.read_text().splitlines():
+            kind, name, number = line.split()
+            if kind == "cell":
+                cells[name] += 1
+            else:
+                segments[(name, int(number))] += 1
+    return cells, segments
 
 
 class DriverRun:
@@ -81,11 +155,11 @@ class DriverRun:
     samples its CPU time and RSS at the first one and its RSS every 0.1 s after, and reports its
     CPU time and peak RSS when reaped."""
 
-    def __init__(self, spec: Path, store: Path, address: str, log: Path):
+    def __init__(self, spec: Path, store: str, address: str, log: Path):
         import psutil  # Ray's own dependency, importable once ray is
 
         command = [sys.executable, "-m", "orchestrator.cli", "submit", str(spec)]
-        command += ["--store", str(store), "--address", address, "--cell-fn", "chaos:chaos_cell"]
+        command += ["--store", store, "--address", address, "--cell-fn", "chaos:chaos_cell"]
         command += ["--heartbeat-s", HEARTBEAT_S, "--lease-s", LEASE_S]
         path = os.pathsep.join([str(REPO), str(REPO / "benchmarks")])
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -125,7 +199,9 @@ class DriverRun:
             self.rss_driving = max(self.rss_driving, self._rss())
 
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
+        """SIGKILL it, unless reaped (not `Popen.send_signal`, which would reap it unseen)."""
+        if self.usage is None:
+            os.kill(self.process.pid, signal.SIGKILL)
 
     def exited(self) -> bool:
         """Whether it has exited (then reaped here, keeping its resource usage)."""
@@ -154,13 +230,59 @@ class DriverRun:
         }
 
 
-def write_spec(directory: Path, cells: int) -> Path:
-    spec = directory / f"{SWEEP}.yaml"
-    seeds = ", ".join(str(seed) for seed in range(cells))
-    spec.write_text(
-        f"name: {SWEEP}\nmodels: [tiny]\ntokens: [4096]\nformats: [dense]\nseeds: [{seeds}]\n"
-        "resources: {cpus: 1}\nretries: 6\n"
+class Lineage:
+    """One sweep's drivers, one after another: each is SIGKILLed once the cells done by all
+    drivers reach its fraction of `kills`, and a new one started on the same spec."""
+
+    def __init__(self, spec: Path, kills: tuple[float, ...], start: Any):
+        self.spec, self.kills, self.start = spec, list(kills), start
+        self.driver, self.runs, self.done = start(spec), [], 0
+
+    def step(self, progress: float, say: Any) -> bool:
+        """Sample, kill, reap and restart as due; False once its last driver has exited."""
+        self.driver.sample()
+        if self.kills and progress >= self.kills[0]:
+            self.driver.kill()
+        if not self.driver.exited():
+            return True
+        self.runs.append(self.driver.reap())
+        say(f"driver of {self.spec.stem} #{len(self.runs)}: {self.runs[-1]}")
+        if self.runs[-1]["exit"] != -signal.SIGKILL or not self.kills:
+            return False  # it finished (before its turn to be killed, or after the last)
+        self.kills.pop(0)
+        self.done += self.driver.done
+        self.driver = self.start(self.spec)
+        return True
+
+    @property
+    def cells_done(self) -> int:
+        """Cells its drivers reported done so far."""
+        return self.done + self.driver.done
+
+
+def write_specs(directory: Path, cells: int, two_sweeps: bool) -> list[Path]:
+    """The sweep's spec, or the two sweeps' (sharing 0.2 `cells` seeds and a WSD ladder)."""
+    if not two_sweeps:
+        return [write_spec(directory, SWEEP, range(cells))]
+    first, second = range(0, round(0.6 * cells)), range(round(0.4 * cells), cells)
+    return [
+        write_spec(directory, name, seeds, ladder=True)
+        for name, seeds in zip(S3_SWEEPS, (first, second), strict=True)
+    ]
+
+
+def write_spec(directory: Path, name: str, seeds: range, ladder: bool = False) -> Path:
+    spec = directory / f"{name}.yaml"
+    text = (
+        f"name: {name}\nmodels: [tiny]\ntokens: [4096]\nformats: [dense]\n"
+        f"seeds: [{', '.join(map(str, seeds))}]\nresources: {{cpus: 1}}\nretries: 6\n"
     )
+    if ladder:
+        text += "extra_cells:\n" + "".join(
+            f"  - {{model: tiny, format: dense, tokens: {tokens}, train: {{schedule: wsd}}}}\n"
+            for tokens in LADDER_TOKENS
+        )
+    spec.write_text(text)
     return spec
 
 
@@ -177,8 +299,36 @@ def leave_a_stale_running_cell(store: Any, spec: Path) -> str:
     return cell.cell_id
 
 
-def audit(store: Any, cells: int) -> dict[str, int]:
-    """What the store says happened: every figure but `done` must be 0."""
+@contextlib.contextmanager
+def moto_store(directory: Path) -> Iterator[str]:
+    """A store on a moto S3 server (tests/s3.py) whose requests are logged to `moto.log`; its
+    AWS_* variables are set here for the drivers and the Ray nodes this process starts."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3 import moto_s3
+
+    with moto_s3(log=directory / "moto.log") as env:
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            yield f"s3://{env['COMPSCALE_TEST_BUCKET']}/chaos"
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def moto_requests(log: Path) -> dict[str, int]:
+    """Requests moto served, by method (its werkzeug log: one line per request)."""
+    methods = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) ')
+    found = Counter(m[1] for m in map(methods.search, log.read_text().splitlines()) if m)
+    return dict(found)
+
+
+def audit(store: Any, cells: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """What the store and the training logs say happened: every count named lost, duplicated,
+    twice, never or false must be 0."""
     connection = store.connect(["status", "events", "losses_raw"])
     states = connection.execute("SELECT cell_id, state FROM status").fetchall()
     done = sum(state == "done" for _, state in states)
@@ -190,9 +340,12 @@ def audit(store: Any, cells: int) -> dict[str, int]:
     def count(sql: str) -> int:
         return connection.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
 
+    trained, segments_trained = trainings(folder)
+    segments = {(r.trunk_id, fork) for r in ladder_rungs(cells) for fork in r.forks}
+    trunk_events = [e for trunk in {t for t, _ in segments} for e in store.trunk_events(trunk)]
     return {
         "done": done,
-        "lost": cells - done,
+        "lost": len(cells) - done,
         "not_done": sorted((cell_id, state) for cell_id, state in states if state != "done")[:5],
         "duplicated_rows": count(
             "SELECT cell_id, step FROM losses_raw ANTI JOIN dead USING (cell_id, attempt) "
@@ -210,83 +363,148 @@ def audit(store: Any, cells: int) -> dict[str, int]:
         "rows_of_killed_attempts": count(
             "SELECT * FROM losses_raw SEMI JOIN dead USING (cell_id, attempt)"
         ),
+        # from the processes' own logs: trainings completed, per cell and per trunk segment
+        "trainings_per_cell": dict(Counter(trained[cell_id] for cell_id in cells)),
+        "cells_trained_twice_logged": sum(trained[cell_id] > 1 for cell_id in cells),
+        "cells_never_trained": sum(trained[cell_id] == 0 for cell_id in cells),
+        "trainings_per_segment": {
+            f"{trunk} fork {fork}": segments_trained[(trunk, fork)]
+            for trunk, fork in sorted(segments)
+        },
+        "segments_trained_twice": sum(segments_trained[key] > 1 for key in segments),
+        "segments_never_trained": sum(segments_trained[key] == 0 for key in segments),
+        "segment_deaths": sum(e.get("error_class") == "WorkerDied" for e in trunk_events),
+        "segment_waits": sum(e["state"] == "held" for e in trunk_events),
     }
 
 
-def run(cells: int, directory: Path, say: Any = print) -> dict[str, Any]:
-    """The chaos run in `directory`; returns the audit, the driver runs and the wall time."""
+def ladder_rungs(cells: dict[str, Any]) -> list[Any]:
+    """The distinct trunks of the cells' WSD ladders (one rung each)."""
+    from workers.ladder import rungs
+
+    return list({rung.trunk_id: rung for rung in rungs(list(cells.values())).values()}.values())
+
+
+def run(cells: int, directory: Path, say: Any = print, *, s3: bool = False) -> dict[str, Any]:
+    """The chaos run in `directory` (on a local store, or with `s3` the two sweeps on a moto
+    store); returns the audit, the driver runs, the requests to moto and the wall time."""
     # This checkout, for this process, the drivers and the Ray workers the cluster starts.
     sys.path.insert(0, str(REPO))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     import ray  # noqa: F401 (makes its vendored psutil importable)
     from ray.cluster_utils import Cluster
 
+    from orchestrator.cells import expand
+    from orchestrator.spec import load_spec
     from orchestrator.store import Store
 
-    spec, store_path, log = write_spec(directory, cells), directory / "store", directory / "log"
-    store = Store(store_path)
-    stale = leave_a_stale_running_cell(store, spec)
-    loopback = {"node_ip_address": "127.0.0.1", "num_cpus": 1}
-    cluster = Cluster(initialize_head=True, head_node_args=loopback | {"include_dashboard": False})
-    workers = [cluster.add_node(**loopback) for _ in range(2)]
-    cluster.wait_for_nodes()
-    say(f"{cells} cells on 3 nodes; stale running cell {stale}; log {log}")
-    started = time.monotonic()
-    runs, finished, removed, driver = [], 0, False, None
-    try:
-        for kill_at in (*DRIVER_KILLS, None):
-            driver = DriverRun(spec, store_path, cluster.address, log)
-            while not driver.exited():
+    (directory / "trainings").mkdir()
+    os.environ[TRAININGS] = str(directory / "trainings")
+    specs, log = write_specs(directory, cells, two_sweeps=s3), directory / "log"
+    expected = {c.cell_id: c for spec in specs for c in expand(load_spec(str(spec)))}
+    with moto_store(directory) if s3 else contextlib.nullcontext(str(directory / "store")) as uri:
+        store = Store(uri)
+        stale = leave_a_stale_running_cell(store, specs[0])
+        loopback = {"node_ip_address": "127.0.0.1", "num_cpus": 1}
+        head = loopback | {"include_dashboard": False}
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        workers = [cluster.add_node(**loopback) for _ in range(2)]
+        cluster.wait_for_nodes()
+        say(
+            f"{len(expected)} cells in {len(specs)} sweeps on 3 nodes, store {uri}; stale running "
+            f"cell {stale}; log {log}"
+        )
+        started, removed, lineages = time.monotonic(), False, []
+        total = sum(len(expand(load_spec(str(spec)))) for spec in specs)
+
+        def start(spec: Path) -> DriverRun:
+            return DriverRun(spec, uri, cluster.address, log)
+
+        try:
+            kills = [tuple(f * total for f in DRIVER_KILLS)] + [()] * (len(specs) - 1)
+            lineages = [Lineage(spec, k, start) for spec, k in zip(specs, kills, strict=True)]
+            active = list(lineages)
+            while active:
                 time.sleep(0.1)
-                driver.sample()
-                if not removed and finished + driver.done >= NODE_REMOVAL * cells:
+                progress = sum(line.cells_done for line in lineages)
+                if not removed and progress >= NODE_REMOVAL * total:
                     cluster.remove_node(workers[0], allow_graceful=False)
                     removed = True
-                    say(f"removed a worker node at {finished + driver.done} cells")
-                if kill_at is not None and finished + driver.done >= kill_at * cells:
-                    driver.kill()
-                    break
-            runs.append(driver.reap())
-            finished += driver.done
-            say(f"driver {len(runs)}: {runs[-1]}")
-            if runs[-1]["exit"] != -signal.SIGKILL:  # it finished before its turn to be killed
-                break
-    finally:
-        if driver is not None and not driver.exited():  # interrupted
-            driver.kill()
-            driver.reap()
-        cluster.shutdown()
-    wall = time.monotonic() - started
-    if runs[-1]["exit"] != 0:
-        raise RuntimeError(f"the last driver exited with {runs[-1]['exit']}; see {log}")
-    return {"audit": audit(store, cells), "runs": runs, "wall_s": wall}
+                    say(f"removed a worker node at {progress} cells")
+                active = [line for line in active if line.step(progress, say)]
+        finally:
+            for line in lineages:  # interrupted
+                if not line.driver.exited():
+                    line.driver.kill()
+                    line.driver.reap()
+            cluster.shutdown()
+        wall = time.monotonic() - started
+        for line in lineages:
+            if line.runs[-1]["exit"] != 0:
+                raise RuntimeError(f"the last driver exited with {line.runs[-1]['exit']}; {log}")
+        found = audit(store, expected, directory / "trainings")
+    return {
+        "audit": found,
+        "sweeps": len(specs),
+        "runs": [run for line in lineages for run in line.runs],
+        "exits": [[run["exit"] for run in line.runs] for line in lineages],
+        "node_removed": removed,
+        "moto_requests": moto_requests(directory / "moto.log") if s3 else {},
+        "wall_s": wall,
+    }
 
 
-def report(cells: int, outcome: dict[str, Any]) -> str:
+def report(outcome: dict[str, Any]) -> str:
     found, runs = outcome["audit"], outcome["runs"]
     driving = sum(r["driving_cpu_s"] for r in runs) / max(sum(r["cells"] for r in runs), 1)
-    total = sum(r["cpu_s"] for r in runs) / cells
+    total = sum(r["cpu_s"] for r in runs) / (found["done"] + found["lost"])
     per_run = "; ".join(
         f"{r['cells']} cells, {r['cpu_s']:.1f} s CPU, RSS {r['rss_first_cell_mib']:.0f} MiB at "
         f"its first cell, {r['rss_driving_mib']:.0f} MiB at most after, exit {r['exit']}"
         for r in runs
     )
-    return "\n".join(
-        [
-            f"cells done: {found['done']} of {cells}; lost cells: {found['lost']} "
-            f"{found['not_done'] or ''}",
-            "duplicated (cell, step) rows in losses_raw: "
-            f"{found['duplicated_rows']} (besides the {found['rows_of_killed_attempts']} rows "
-            f"of the {found['killed_attempts']} attempts recorded killed)",
-            f"cells trained more than once beyond their killed attempts: {found['trained_twice']}",
-            f"deaths recorded for attempts that finished: {found['false_deaths']}",
-            f"driver CPU per cell while driving: {1e3 * driving:.2f} ms "
-            f"({1e3 * total:.2f} ms with start-up, spec expansion and planning)",
-            f"driver peak RSS: {max(r['peak_rss_mib'] for r in runs):.0f} MiB; growth while "
-            f"driving: {max(r['rss_driving_mib'] - r['rss_first_cell_mib'] for r in runs):.1f} MiB",
-            f"driver runs: {per_run}",
-            f"wall time: {outcome['wall_s']:.0f} s",
-        ]
+    requests = outcome["moto_requests"]
+    lines = [
+        f"cells done: {found['done']} of {found['done'] + found['lost']} in "
+        f"{outcome['sweeps']} sweep(s); lost cells: {found['lost']} {found['not_done'] or ''}",
+        "duplicated (cell, step) rows in losses_raw: "
+        f"{found['duplicated_rows']} (besides the {found['rows_of_killed_attempts']} rows "
+        f"of the {found['killed_attempts']} attempts recorded killed)",
+        f"cells trained more than once beyond their killed attempts: {found['trained_twice']}",
+        f"deaths recorded for attempts that finished: {found['false_deaths']}",
+        f"completed trainings per cell (processes' logs), trainings: cells = "
+        f"{dict(sorted(found['trainings_per_cell'].items()))}",
+        f"completed trainings per trunk segment: {found['trainings_per_segment'] or 'none'} "
+        f"({found['segment_deaths']} segment deaths recorded, {found['segment_waits']} waits "
+        "for another sweep's segment)",
+        f"kills: driver exits per sweep {outcome['exits']}, a worker node removed: "
+        f"{outcome['node_removed']}",
+        f"driver CPU per cell while driving: {1e3 * driving:.2f} ms "
+        f"({1e3 * total:.2f} ms with start-up, spec expansion and planning)",
+        f"driver peak RSS: {max(r['peak_rss_mib'] for r in runs):.0f} MiB; growth while "
+        f"driving: {max(r['rss_driving_mib'] - r['rss_first_cell_mib'] for r in runs):.1f} MiB",
+        f"driver runs: {per_run}",
+        f"wall time: {outcome['wall_s']:.0f} s",
+    ]
+    if requests:
+        lines.append(f"requests to moto: {sum(requests.values())} {requests}")
+    return "\n".join(lines)
+
+
+def clean(found: dict[str, Any]) -> bool:
+    """Nothing lost, doubled or trained twice, by the store and by the processes' logs."""
+    return not any(
+        found[key]
+        for key in (
+            "lost",
+            "duplicated_rows",
+            "trained_twice",
+            "false_deaths",
+            "cells_trained_twice_logged",
+            "cells_never_trained",
+            "segments_trained_twice",
+            "segments_never_trained",
+        )
     )
 
 
@@ -294,16 +512,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=10_000)
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep the store and log")
+    parser.add_argument("--s3", action="store_true", help="two sweeps on a moto S3 store")
+    parser.add_argument("--json", metavar="FILE", help="also write the outcome to FILE")
     args = parser.parse_args()
     if args.keep:
         Path(args.keep).mkdir(parents=True)
-        outcome = run(args.cells, Path(args.keep))
+        outcome = run(args.cells, Path(args.keep), s3=args.s3)
     else:
         with tempfile.TemporaryDirectory(prefix="chaos-") as directory:
-            outcome = run(args.cells, Path(directory))
-    print(report(args.cells, outcome))
-    found = outcome["audit"]
-    return 0 if found["lost"] == found["duplicated_rows"] == found["trained_twice"] == 0 else 1
+            outcome = run(args.cells, Path(directory), s3=args.s3)
+    print(report(outcome))
+    if args.json:
+        Path(args.json).write_text(json.dumps(outcome, default=str))
+    return 0 if clean(outcome["audit"]) else 1
 
 
 if __name__ == "__main__":

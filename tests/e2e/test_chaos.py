@@ -19,7 +19,7 @@ spec = importlib.util.spec_from_file_location("chaos", sys.argv[1])
 chaos = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(chaos)
 outcome = chaos.run(300, __import__("pathlib").Path(sys.argv[2]))
-print(chaos.report(300, outcome))
+print(chaos.report(outcome))
 open(sys.argv[3], "w").write(json.dumps(outcome, default=str))
 """
 
