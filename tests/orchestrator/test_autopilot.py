@@ -66,6 +66,7 @@ def registered(tmp_path, text):
     return spec, store, cells
 
 
+@pytest.mark.slow  # real Ray, three rounds of fits: tens of seconds
 def test_a_loop_killed_after_round_1_resumes_there_and_trains_no_cell_twice(tmp_path):
     spec, store, cells = registered(tmp_path, adaptive_spec())
     trained: list[str] = []
@@ -95,6 +96,7 @@ def test_a_loop_killed_after_round_1_resumes_there_and_trains_no_cell_twice(tmp_
     assert autopilot.run(spec, store, cells, trainer(store, trained, 0), say=print) == 0
 
 
+@pytest.mark.slow  # real Ray and two 40-resample fits
 def test_the_rounds_interval_is_the_one_a_fresh_reduction_of_the_same_cells_gives(tmp_path):
     spec, store, cells = registered(tmp_path, adaptive_spec(budget_flops="7.5e+11"))
     autopilot.run(spec, store, cells, trainer(store, []), say=lambda _: None)
