@@ -144,7 +144,8 @@ class TrainConfig(_Frozen):
 
 
 class DataConfig(_Frozen):
-    """Where tokens come from: `bundled` (the shipped byte-level corpus) or a shard dir / URI."""
+    """Where tokens come from: a shipped byte-level corpus (`bundled`: Python code, `bundled-kjv`:
+    English prose; `workers.data.BUNDLED`) or a shard dir / URI."""
 
     source: str = "bundled"
     val_fraction: float = Field(default=0.05, gt=0, lt=1)

@@ -1,4 +1,4 @@
-"""Token streams: the bundled byte-level corpus or nanoGPT-style memmap shards, and batches.
+"""Token streams: a bundled byte-level corpus or nanoGPT-style memmap shards, and batches.
 
 A batch is a pure function of (seed, step): the offsets of the global batch come from a generator
 seeded with both, and rank r takes its own disjoint slice. So the position in the stream is the step
@@ -24,7 +24,8 @@ from workers.config import DataConfig
 from workers.layout import resolve
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
-BUNDLED_NAME = "cpython311-stdlib"
+# The corpora shipped in workers/corpus/, by the `data.source` that names them.
+BUNDLED = {"bundled": "cpython311-stdlib", "bundled-kjv": "kjv-bible"}
 SHARD_META = "meta.json"
 SHARD_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
 
@@ -40,33 +41,36 @@ class TokenSource:
 
 
 def load_tokens(config: DataConfig) -> TokenSource:
-    """The token source a cell names: `bundled` or a shard directory (local path or URI)."""
-    if config.source == "bundled":
-        return _bundled(config.val_fraction)
+    """The token source a cell names: a bundled corpus (`BUNDLED`) or a shard directory (local
+    path or URI)."""
+    if config.source in BUNDLED:
+        return _bundled(BUNDLED[config.source], config.val_fraction)
     return load_shards(config.source)
 
 
+def _bundled_meta(name: str) -> dict:
+    return json.loads((CORPUS_DIR / f"{name}.json").read_text())
+
+
 @functools.lru_cache(maxsize=2)
-def _bundled_bytes() -> tuple[np.ndarray, str]:
-    meta = json.loads((CORPUS_DIR / f"{BUNDLED_NAME}.json").read_text())
-    with gzip.open(CORPUS_DIR / f"{BUNDLED_NAME}.txt.gz", "rb") as file:
+def _bundled_bytes(name: str) -> tuple[np.ndarray, str]:
+    meta = _bundled_meta(name)
+    with gzip.open(CORPUS_DIR / f"{name}.txt.gz", "rb") as file:
         text = file.read()
     if hashlib.sha256(text).hexdigest() != meta["sha256"]:
-        raise ValueError(
-            f"bundled corpus {BUNDLED_NAME}: sha256 does not match its JSON; reinstall"
-        )
+        raise ValueError(f"bundled corpus {name}: sha256 does not match its JSON; reinstall")
     tokens = np.frombuffer(text, dtype=np.uint8)
-    return tokens, f"{BUNDLED_NAME}:sha256:{meta['sha256'][:16]}"
+    return tokens, f"{name}:sha256:{meta['sha256'][:16]}"
 
 
 def _train_split(tokens: int, val_fraction: float) -> int:
-    """Where the bundled corpus's validation split starts: its last `val_fraction`."""
+    """Where a bundled corpus's validation split starts: its last `val_fraction`."""
     return int(tokens * (1 - val_fraction))
 
 
 @functools.lru_cache(maxsize=4)
-def _bundled(val_fraction: float) -> TokenSource:
-    tokens, fingerprint = _bundled_bytes()
+def _bundled(name: str, val_fraction: float) -> TokenSource:
+    tokens, fingerprint = _bundled_bytes(name)
     split = _train_split(len(tokens), val_fraction)
     return TokenSource(tokens[:split], tokens[split:], 256, f"{fingerprint}:val{val_fraction:g}")
 
@@ -80,12 +84,16 @@ class DataShape:
 
 
 def describe(config: DataConfig) -> DataShape | None:
-    """The data's shape from metadata alone (the bundled corpus's JSON; a shard folder's meta.json
+    """The data's shape from metadata alone (a bundled corpus's JSON; a shard folder's meta.json
     and val.bin size), so a spec is checked without reading tokens; None for a remote source,
     which would cost round trips and credentials to look at. A missing local source raises."""
-    if config.source == "bundled":
-        tokens = json.loads((CORPUS_DIR / f"{BUNDLED_NAME}.json").read_text())["bytes"]
+    if config.source in BUNDLED:
+        tokens = _bundled_meta(BUNDLED[config.source])["bytes"]
         return DataShape(256, tokens - _train_split(tokens, config.val_fraction))
+    if config.source.startswith("bundled") and not Path(config.source).exists():
+        raise ValueError(
+            f"data.source {config.source!r}: no such bundled corpus (one of {', '.join(BUNDLED)})"
+        )
     if "://" in config.source and not config.source.startswith("file://"):
         return None  # even resolving an s3:// URI asks the network for the bucket's region
     location = resolve(config.source, what="data.source")

@@ -146,6 +146,13 @@ def test_eval_tokens_are_checked_against_a_shard_folder_validation_split(tmp_pat
         check(spec.replace("{batch_size: 4}", "{batch_size: 4, eval_tokens: 4096}"))
 
 
+def test_the_bundled_english_text_is_a_source_and_a_misspelt_bundled_name_is_not():
+    check(BASE + "data: {source: bundled-kjv}\n")
+    message = r"^demo\.yaml: data\.source 'bundled-kvj': no such bundled corpus"
+    with pytest.raises(SpecError, match=message):
+        check(BASE + "data: {source: bundled-kvj}\n")
+
+
 def test_a_vocabulary_smaller_than_the_data_is_refused():
     text = BASE.replace("[tiny]", "[tiny, {preset: tiny, vocab_size: 100}]")
     with pytest.raises(SpecError, match=r"^demo\.yaml: models\[1\]\.vocab_size: 100 .* 256"):

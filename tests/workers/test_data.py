@@ -1,4 +1,4 @@
-"""Token data: the bundled corpus, shards, and batches that are pure functions of (seed, step)."""
+"""Token data: the bundled corpora, shards, and batches that are pure functions of (seed, step)."""
 
 import gzip
 import hashlib
@@ -12,10 +12,16 @@ from workers.config import DataConfig
 from workers.data import (
     CORPUS_DIR,
     batch_windows,
+    describe,
     load_shards,
     load_tokens,
+    validation_tokens_needed,
     validation_windows,
 )
+
+# sha256 of every token of `bundled` (train then validation): the data every committed cell id and
+# result was trained on, so no change to the loader may alter it.
+BUNDLED_TOKENS_SHA256 = "4d279ba2aaa23a0aa5cb29cc06417380eb7bc19db5df9c77f0411d563f82bae0"
 
 
 def test_bundled_corpus_matches_its_recorded_sha256_and_is_byte_level():
@@ -26,6 +32,56 @@ def test_bundled_corpus_matches_its_recorded_sha256_and_is_byte_level():
     assert source.vocab_size == 256 and source.train.dtype == np.uint8
     assert len(source.train) + len(source.val) == meta["bytes"] > 8_000_000
     assert meta["sha256"][:16] in source.fingerprint
+
+
+def test_bundled_gives_exactly_the_tokens_the_committed_results_were_trained_on():
+    source = load_tokens(DataConfig(source="bundled"))
+    tokens = np.concatenate([source.train, source.val])
+    assert hashlib.sha256(tokens.tobytes()).hexdigest() == BUNDLED_TOKENS_SHA256
+    assert len(source.val) == 419316
+    assert source.fingerprint == "cpython311-stdlib:sha256:4d279ba2aaa23a0a:val0.05"
+
+
+def test_bundled_kjv_is_the_english_text_its_json_records_read_byte_level():
+    meta = json.loads((CORPUS_DIR / "kjv-bible.json").read_text())
+    text = gzip.decompress((CORPUS_DIR / "kjv-bible.txt.gz").read_bytes())
+    assert hashlib.sha256(text).hexdigest() == meta["sha256"]
+    assert text.startswith(b"In the beginning God created the heaven and the earth.\n")
+    assert text.count(b"\n") == meta["verses"] == 31102
+    source = load_tokens(DataConfig(source="bundled-kjv"))
+    assert source.vocab_size == 256 and source.train.dtype == np.uint8
+    assert bytes(np.concatenate([source.train, source.val])) == text
+    assert source.fingerprint == f"kjv-bible:sha256:{meta['sha256'][:16]}:val0.05"
+
+
+def test_bundled_kjv_holds_the_validation_tokens_a_smoke_cell_asks_for():
+    config = DataConfig(source="bundled-kjv")
+    val = load_tokens(config).val
+    assert describe(config).val_tokens == len(val)
+    assert len(val) >= validation_tokens_needed(16384, 64)
+    windows = validation_windows(val, eval_tokens=16384, seq_len=64)
+    assert windows.shape == (256, 65)
+    assert bytes(windows[0, :64].astype(np.uint8)).isascii()
+
+
+def test_bundled_kjv_batches_are_the_same_for_the_same_seed_and_step():
+    text = gzip.decompress((CORPUS_DIR / "kjv-bible.txt.gz").read_bytes())
+    independent = np.frombuffer(text, dtype=np.uint8)[: int(len(text) * 0.95)]
+    loaded = load_tokens(DataConfig(source="bundled-kjv")).train
+    for step in (0, 1, 99):
+        np.testing.assert_array_equal(
+            batch_windows(loaded, seed=5, step=step, batch_size=16, seq_len=64),
+            batch_windows(independent, seed=5, step=step, batch_size=16, seq_len=64),
+        )
+    assert not np.array_equal(
+        batch_windows(loaded, seed=5, step=0, batch_size=16, seq_len=64),
+        batch_windows(loaded, seed=6, step=0, batch_size=16, seq_len=64),
+    )
+
+
+def test_an_unknown_bundled_name_is_refused_with_the_names_there_are():
+    with pytest.raises(ValueError, match=r"no such bundled corpus \(one of bundled, bundled-kjv\)"):
+        describe(DataConfig(source="bundled-text"))
 
 
 def test_a_batch_is_a_pure_function_of_seed_and_step():
