@@ -466,8 +466,8 @@ def run_the_documented_sweep(
 
     listed = shell(status)
     assert listed.returncode == 0 and listed.stdout.strip().endswith(one_failed)
-    # the failed cell's traceback: a worker node ran the uploaded code
-    assert f"working_dir_files/{package}/orchestrator/driver.py" in listed.stdout
+    # the failed cell's traceback: a worker node ran the uploaded code (a cell runs in tasks.py)
+    assert f"working_dir_files/{package}/orchestrator/tasks.py" in listed.stdout
     table = shell(query)
     assert table.returncode == 0, table.stderr
     assert sum(cell_id in table.stdout for cell_id in cell_ids) == len(cell_ids) - 1
