@@ -77,6 +77,7 @@ def test_a_format_with_wide_rho_draws_gets_the_cells():
         propose(ensemble, candidates, 6e13, target="composition")
 
 
+@pytest.mark.slow  # over a few seconds
 def test_proposed_cells_shrink_rho_intervals_more_than_random_cells_of_the_same_flops():
     start = grid(SIZES[:3], RATIOS[:2])
     candidates = grid(SIZES, RATIOS)

@@ -42,6 +42,7 @@ def test_chinchilla_fit_finds_the_recorded_optimum():
     assert result.objective == pytest.approx(CHINCHILLA_OBJECTIVE, rel=1e-9)
 
 
+@pytest.mark.slow  # over a few seconds
 def test_cpu_mini_reduction_finds_the_recorded_optimum():
     results = cpu_mini_results()
     assert len(results) == 80

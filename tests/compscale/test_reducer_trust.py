@@ -109,6 +109,7 @@ def test_minima_that_predict_the_same_losses_are_one_minimum():
     assert laws.distinct_runner_up(problem, [*found, (value * 1.5, other)])[1] is other
 
 
+@pytest.mark.slow  # over a few seconds
 def test_a_law_that_does_not_fall_with_n_is_reported_not_identified_not_as_numbers(tmp_path):
     rng = np.random.default_rng(3)
     rows = [
@@ -151,6 +152,7 @@ def test_fit_on_a_table_gives_what_reduce_gives_on_the_same_rows(tmp_path, capsy
     assert document["rho"] == pytest.approx(table_rho.to_dict(), rel=1e-9)
 
 
+@pytest.mark.slow  # over a few seconds
 def test_cells_that_cannot_place_e_get_the_range_that_fits_in_the_note():
     # Three sizes within 4x of each other and 1% noise: the cells cannot tell E = 1.69 (truth)
     # from E ~ 0, and the note says which range fits rather than a number.

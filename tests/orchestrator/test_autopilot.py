@@ -112,6 +112,7 @@ def test_the_rounds_interval_is_the_one_a_fresh_reduction_of_the_same_cells_give
     )  # the same draws; the table interpolates percentiles of the ratio, the question of its log
 
 
+@pytest.mark.slow  # over a few seconds
 @pytest.mark.parametrize(
     ("text", "message"),
     [

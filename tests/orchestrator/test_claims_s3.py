@@ -58,6 +58,7 @@ def objects(env: dict, prefix: str) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
+@pytest.mark.slow  # over a few seconds
 def test_racing_processes_claim_each_name_on_s3_exactly_once(s3, monkeypatch):
     point_at(monkeypatch, s3)
     store = Store(f"s3://compscale/{unique_prefix()}")

@@ -101,6 +101,7 @@ def assert_one_winner(results: list[tuple[str, int]], number: int) -> None:
     assert {attempt for _, attempt in results} == {number}  # the losers wait for the winner's
 
 
+@pytest.mark.slow  # over a few seconds
 @pytest.mark.parametrize("stale", [False, True], ids=["first", "takeover"])
 def test_racing_processes_claim_a_trunk_segment_on_a_local_disk_exactly_once(tmp_path, stale):
     store = Store(tmp_path / "store")
@@ -110,6 +111,7 @@ def test_racing_processes_claim_a_trunk_segment_on_a_local_disk_exactly_once(tmp
     assert len(deaths(store)) == stale  # a taken-over holder's death, recorded once
 
 
+@pytest.mark.slow  # over a few seconds
 @pytest.mark.parametrize("stale", [False, True], ids=["first", "takeover"])
 def test_racing_processes_claim_a_trunk_segment_on_s3_exactly_once(s3, monkeypatch, stale):
     for key, value in s3.items():

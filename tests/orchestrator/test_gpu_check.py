@@ -26,6 +26,7 @@ def test_every_file_the_gpu_check_runs_exists():
     assert "docker/RAY_VERSION" in text and (REPO / "docker" / "RAY_VERSION").is_file()
 
 
+@pytest.mark.slow  # over a few seconds
 @pytest.mark.parametrize("cpu", [False, True], ids=["gpu", "cpu-rehearsal"])
 def test_the_cut_of_gpu_mini_validates_and_keeps_its_gpu_packing(tmp_path, cpu):
     cut = tmp_path / "cut.yaml"

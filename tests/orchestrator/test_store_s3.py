@@ -59,6 +59,7 @@ def test_an_object_store_write_is_one_put_without_temporary_objects_or_renames(s
     ]  # no `.tmp-` object, no folder markers
 
 
+@pytest.mark.slow  # over a few seconds
 def test_reduce_and_report_write_their_tables_and_page_into_the_s3_store(s3, capsys):
     store = Store(f"s3://compscale/{unique_prefix()}")
     fill_store(store, "synthetic")
