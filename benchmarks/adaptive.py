@@ -156,7 +156,7 @@ def run_autopilot(folder, truth: dict, text: str, on_ray: bool):
     import json
     from pathlib import Path
 
-    from orchestrator import autopilot, rounds
+    from orchestrator import autopilot
     from orchestrator.cells import expand
     from orchestrator.driver import Driver
     from orchestrator.driver import plan as plan_cells
@@ -190,7 +190,7 @@ def run_autopilot(folder, truth: dict, text: str, on_ray: bool):
 
     run_cells = on_ray_cells if on_ray else in_process
     autopilot.run(spec, store, cells, run_cells, say=lambda _: None)
-    return spec, cells, rounds.rows(store, spec.name)
+    return spec, cells, store.round_rows(spec.name)
 
 
 def static_flops(spec, cells, truth: dict, level: float, target: float, most: int) -> float:

@@ -168,7 +168,7 @@ def run(
     adaptive, name = spec.adaptive, spec.name
     question = question_of(spec)
     rule = stop_rule(spec, spec_cells)
-    done = rounds.rows(store, name)
+    done = store.round_rows(name)
     if done and done[-1]["stopped"]:
         say(f"sweep {name}: the autopilot stopped after round {done[-1]['round']}")
         say(describe(done[-1], adaptive.target))

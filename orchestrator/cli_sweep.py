@@ -487,10 +487,9 @@ def status(args: argparse.Namespace) -> int:
 
 def _print_rounds(store: Store, sweep: str) -> None:
     """An adaptive sweep's rounds (`orchestrator.rounds`), one line each; nothing otherwise."""
-    from orchestrator import rounds
     from orchestrator.autopilot import describe
 
-    rows = rounds.rows(store, sweep)
+    rows = store.round_rows(sweep)
     if not rows:
         return
     from orchestrator.spec import parse_spec

@@ -18,48 +18,10 @@ import pyarrow.parquet as pq
 
 from workers import storage
 from workers.config import CellConfig
-from workers.layout import ROUND_NAME
+from workers.schema import ROUND_SCHEMA
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
-
-ROUND_SCHEMA = pa.schema(
-    [
-        ("sweep", pa.string()),
-        ("round", pa.int64()),
-        ("question", pa.string()),
-        ("cells_added", pa.int64()),
-        ("cells", pa.int64()),  # the sweep's cells after this round
-        ("flops", pa.float64()),  # FLOPs of those cells (6ND; a ladder's trunk once)
-        ("estimate", pa.float64()),
-        ("low", pa.float64()),
-        ("high", pa.float64()),
-        ("half_width", pa.float64()),  # on the judged (log) scale
-        ("level", pa.float64()),  # the interval's level at this look (the stop rule's)
-        ("decided", pa.bool_()),
-        ("at_bound", pa.float64()),  # share of resamples with a used rho at 1
-        ("stopped", pa.string()),  # why the loop stopped after this round; "" if it went on
-        ("recorded_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-
-def _indices(store: Store, sweep: str, kind: str) -> list[int]:
-    names = store.list_names(store.layout.sweep(sweep).rounds)
-    return sorted(
-        int(match["round"])
-        for name in names
-        if (match := ROUND_NAME.match(name)) and match["kind"] == kind
-    )
-
-
-def rows(store: Store, sweep: str) -> list[dict[str, Any]]:
-    """The sweep's round rows, oldest first (empty for a sweep that is not adaptive)."""
-    paths = store.layout.sweep(sweep)
-    return [
-        pq.read_table(paths.round_row(r), filesystem=store.fs).to_pylist()[0]
-        for r in _indices(store, sweep, "parquet")
-    ]
 
 
 def write_row(store: Store, row: dict[str, Any]) -> None:
@@ -76,7 +38,7 @@ def added_cells(store: Store, sweep: str) -> dict[int, list[CellConfig]]:
     """The cells each round after 0 added, by round."""
     paths = store.layout.sweep(sweep)
     found = {}
-    for r in _indices(store, sweep, "json"):
+    for r in store.round_indices(sweep, "json"):
         document = store.read_json(paths.round_cells(r))
         found[r] = [CellConfig.model_validate(cell) for cell in document["cells"]]
     return found
@@ -93,9 +55,3 @@ def create_round(store: Store, sweep: str, round_index: int, cells: list[CellCon
     data = json.dumps(document, indent=1, sort_keys=True).encode()
     path = store.layout.sweep(sweep).round_cells(round_index)
     return storage.create_exclusive(store.fs, path, data)
-
-
-def table(store: Store) -> pa.Table:
-    """Every sweep's rounds, for the `rounds` view."""
-    found = [row for sweep in store.sweep_names() for row in rows(store, sweep)]
-    return pa.Table.from_pylist(found, schema=ROUND_SCHEMA)

@@ -31,13 +31,14 @@ from workers.layout import (
     EVENT_NAME,
     LOSS_PART,
     RESULT,
+    ROUND_NAME,
     CellPaths,
     Layout,
     StoreLocation,
     attempt_number,
     resolve,
 )
-from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA
+from workers.schema import LOSS_SCHEMA, RESULT_SCHEMA, ROUND_SCHEMA
 
 if TYPE_CHECKING:
     import duckdb
@@ -199,6 +200,25 @@ class Store:
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def round_indices(self, sweep: str, kind: str) -> list[int]:
+        """The numbers of an adaptive sweep's rounds that have a `kind` file ("json": the cells
+        the round adds; "parquet": its row), in order."""
+        names = self.list_names(self.layout.sweep(sweep).rounds)
+        return sorted(
+            int(match["round"])
+            for name in names
+            if (match := ROUND_NAME.match(name)) and match["kind"] == kind
+        )
+
+    def round_rows(self, sweep: str) -> list[dict[str, Any]]:
+        """The sweep's rows of the `rounds` table, oldest first (none for a sweep that is not
+        adaptive; `orchestrator.rounds` writes them)."""
+        paths = self.layout.sweep(sweep)
+        return [
+            pq.read_table(paths.round_row(r), filesystem=self.fs).to_pylist()[0]
+            for r in self.round_indices(sweep, "parquet")
+        ]
 
     def list_names(self, directory: str) -> list[str]:
         """Names of the finished (non-temporary) entries of a directory; empty if it is absent."""
@@ -510,9 +530,8 @@ class Store:
         return pa.concat_tables(tables, promote_options="permissive")
 
     def _rounds_relation(self) -> pa.Table:
-        from orchestrator.rounds import table
-
-        return table(self)
+        rows = [row for sweep in self.sweep_names() for row in self.round_rows(sweep)]
+        return pa.Table.from_pylist(rows, schema=ROUND_SCHEMA)
 
     def _sweeps_relation(self) -> pa.Table:
         rows = [{"sweep": s, "cell_id": c} for s in self.sweep_names() for c in self.manifest(s)]

@@ -38,3 +38,24 @@ RESULT_SCHEMA = pa.schema(
         ("finished_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+# One row per round of an adaptive sweep (`orchestrator.rounds`, the store's `rounds` view).
+ROUND_SCHEMA = pa.schema(
+    [
+        ("sweep", pa.string()),
+        ("round", pa.int64()),
+        ("question", pa.string()),
+        ("cells_added", pa.int64()),
+        ("cells", pa.int64()),  # the sweep's cells after this round
+        ("flops", pa.float64()),  # FLOPs of those cells (6ND; a ladder's trunk once)
+        ("estimate", pa.float64()),
+        ("low", pa.float64()),
+        ("high", pa.float64()),
+        ("half_width", pa.float64()),  # on the judged (log) scale
+        ("level", pa.float64()),  # the interval's level at this look (the stop rule's)
+        ("decided", pa.bool_()),
+        ("at_bound", pa.float64()),  # share of resamples with a used rho at 1
+        ("stopped", pa.string()),  # why the loop stopped after this round; "" if it went on
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+    ]
+)

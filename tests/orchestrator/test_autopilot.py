@@ -72,13 +72,13 @@ def test_a_loop_killed_after_round_1_resumes_there_and_trains_no_cell_twice(tmp_
     trained: list[str] = []
     with pytest.raises(Interrupted):  # killed when round 2's cells were about to run
         autopilot.run(spec, store, cells, trainer(store, trained, 2), say=lambda _: None)
-    before = rounds.rows(store, "ad")
+    before = store.round_rows("ad")
     assert [row["round"] for row in before] == [0, 1] and not before[-1]["stopped"]
     assert 2 in rounds.added_cells(store, "ad")  # round 2's cells were recorded before running
 
     code = autopilot.run(spec, store, cells, trainer(store, trained), say=lambda _: None)
     assert code == 0
-    after = rounds.rows(store, "ad")
+    after = store.round_rows("ad")
     assert [row["round"] for row in after] == [0, 1, 2]
     assert after[:2] == before  # rows already in the table are not redone
     assert after[-1]["stopped"] == "last look the budget allows" and not after[-1]["decided"]
@@ -100,7 +100,7 @@ def test_a_loop_killed_after_round_1_resumes_there_and_trains_no_cell_twice(tmp_
 def test_the_rounds_interval_is_the_one_a_fresh_reduction_of_the_same_cells_gives(tmp_path):
     spec, store, cells = registered(tmp_path, adaptive_spec(budget_flops="7.5e+11"))
     autopilot.run(spec, store, cells, trainer(store, []), say=lambda _: None)
-    (row,) = rounds.rows(store, "ad")
+    (row,) = store.round_rows("ad")
     assert row["stopped"] == "last look the budget allows"  # one look: at 95%
     reduction = reduce(store.results("ad"), FitOptions(seed=spec.adaptive.seed, bootstrap=40))
     again = answer(parse_question("composition sp50 int4"), reduction.unified, row["level"])
@@ -179,12 +179,12 @@ def test_submit_runs_the_loop_on_ray_and_a_driver_killed_after_round_1_resumes(t
     finally:
         kill_session(driver.pid)
     done_before = [c for c in store.manifest("ad") if store.status(c).state == "done"]
-    assert len(rounds.rows(store, "ad")) == 2
+    assert len(store.round_rows("ad")) == 2
 
     again = compscale("submit", str(spec), *flags, cwd=tmp_path, timeout=400)
     assert again.returncode == 0, again.stderr
     assert "stopped: last look the budget allows" in again.stdout
-    rows = rounds.rows(store, "ad")
+    rows = store.round_rows("ad")
     assert [row["round"] for row in rows] == [0, 1, 2]
     members = store.manifest("ad")
     assert {store.status(c).state for c in members} == {"done"}
@@ -200,4 +200,4 @@ def test_submit_runs_the_loop_on_ray_and_a_driver_killed_after_round_1_resumes(t
     assert query.stdout.splitlines()[1:] == ["0,", "1,", "2,last look the budget allows"]
     rerun = compscale("rerun", "ad", "--failed", *flags, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
-    assert rounds.rows(store, "ad") == rows  # rerun keeps the rounds
+    assert store.round_rows("ad") == rows  # rerun keeps the rounds
