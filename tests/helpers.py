@@ -3,6 +3,7 @@ blocks of the README and docs pages, and synthetic result tables and stores from
 parameters."""
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -197,3 +198,28 @@ def ray_job_submit(command: list[str], **options) -> subprocess.CompletedProcess
             break
         time.sleep(5)
     return job
+
+
+def race_at_once(code: str, arguments: list[list[str]], env: dict[str, str]) -> list:
+    """One `python -c code` process per argument list, released at one moment once every one has
+    printed "ready" (so each has read the store before any acts); each one's JSON answer."""
+    env = os.environ | env | {"PYTHONPATH": str(REPO)}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for args in arguments
+    ]
+    for racer in racers:
+        assert racer.stdout.readline().strip() == "ready"
+    start = time.time() + 0.5
+    for racer in racers:
+        racer.stdin.write(f"{start}\n")
+        racer.stdin.flush()
+    answers = [json.loads(racer.communicate(timeout=120)[0]) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers)
+    return answers

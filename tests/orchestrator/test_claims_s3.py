@@ -3,24 +3,17 @@ exactly one winner among racing processes; stores without a conditional create a
 commands that claim unless told `--unsafe-claims`; a missing bucket and refused credentials are
 one line each, exit code 2, with nothing written."""
 
-import json
-import os
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 import boto3
 import pytest
-from helpers import write_spec
+from helpers import race_at_once, write_spec
 from s3 import moto_s3, unique_prefix
 
 from orchestrator.cli import build_parser, main
 from orchestrator.cli_sweep import _runner_flags
 from orchestrator.store import Store
 
-REPO = Path(__file__).resolve().parents[2]
 RACERS, NAMES = 12, 30
 
 RACER = """
@@ -62,25 +55,8 @@ def objects(env: dict, prefix: str) -> list[str]:
 def test_racing_processes_claim_each_name_on_s3_exactly_once(s3, monkeypatch):
     point_at(monkeypatch, s3)
     store = Store(f"s3://compscale/{unique_prefix()}")
-    env = os.environ | s3 | {"PYTHONPATH": str(REPO)}
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, store.uri, str(n), str(NAMES)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        for n in range(RACERS)
-    ]
-    for racer in racers:
-        assert racer.stdout.readline().strip() == "ready"
-    start = time.time() + 0.5
-    for racer in racers:
-        racer.stdin.write(f"{start}\n")
-        racer.stdin.flush()
-    won = {n: json.loads(racer.communicate(timeout=120)[0]) for n, racer in enumerate(racers)}
-    assert all(racer.returncode == 0 for racer in racers)
+    answers = race_at_once(RACER, [[store.uri, str(n), str(NAMES)] for n in range(RACERS)], s3)
+    won = dict(enumerate(answers))
     winners = Counter(path for paths in won.values() for path in paths)
     assert len(winners) == NAMES and set(winners.values()) == {1}
     for n, paths in won.items():

@@ -4,16 +4,15 @@ taken over (its death recorded once), a live one waited for until its fork's che
 and the claim's lease held and ended by the segment's task."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from helpers import race_at_once
 from s3 import moto_s3, unique_prefix
 
 from orchestrator import claims
@@ -21,7 +20,6 @@ from orchestrator.claims import claim_segment, latest_segment_claim
 from orchestrator.store import Store
 from orchestrator.tasks import claim_segment_or_wait, execute_trunk
 
-REPO = Path(__file__).resolve().parents[2]
 TRUNK, FORK, RACERS = "trunk-tiny-sp50-s0-0123456789ab", 40, 4
 
 RACER = """
@@ -63,25 +61,8 @@ def s3():
 def race(store: Store, env: dict[str, str]) -> list[tuple[str, int]]:
     """RACERS processes claim the segment (TRUNK, FORK) at one moment, each having seen the
     segment as it was before any of them created a claim: each one's (outcome, attempt number)."""
-    env = os.environ | env | {"PYTHONPATH": str(REPO)}
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, store.uri, TRUNK, str(FORK), str(n)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        for n in range(RACERS)
-    ]
-    for racer in racers:
-        assert racer.stdout.readline().strip() == "ready"
-    start = time.time() + 0.5
-    for racer in racers:
-        racer.stdin.write(f"{start}\n")
-        racer.stdin.flush()
-    results = [tuple(json.loads(racer.communicate(timeout=120)[0])) for racer in racers]
-    assert all(racer.returncode == 0 for racer in racers)
+    arguments = [[store.uri, TRUNK, str(FORK), str(n)] for n in range(RACERS)]
+    results = [tuple(answer) for answer in race_at_once(RACER, arguments, env)]
     return results
 
 
