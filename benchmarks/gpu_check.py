@@ -68,6 +68,19 @@ def step_log(work: Path, step: str, last: int = 30) -> str:
     return "\n".join(lines[-last:]) or "(no output)"
 
 
+def torchrun_log(work: Path) -> str:
+    """The torchrun cell's result line, after the NCCL lines that show the backend really ran
+    (its version, the transport it chose, the communicator coming up); gloo prints none."""
+    path = work / "train_cell.txt"
+    if not path.exists():
+        return "(not run)"
+    lines = path.read_text(errors="replace").splitlines()
+    marks = ("NCCL version", "Using network", "Init COMPLETE")
+    nccl = [line for line in lines if "NCCL INFO" in line and any(m in line for m in marks)]
+    result = [line for line in lines if line.startswith("{")][-1:] or lines[-1:]
+    return "\n".join(nccl[:4] + (result or ["(no output)"]))
+
+
 def sweep_tables(store: Path, cells_csv: Path) -> str:
     """Cells finished of the cut and its final validation loss per (model, format, tokens)."""
     if not (store / "sweeps").exists():
@@ -102,6 +115,7 @@ def summary(work: Path, store: Path, out: Path) -> None:
     """docs/results/gpu-mini.md as measured: each step's exit status and time, the cut's cells,
     the torchrun cell, fake-quant step times over dense and the MFU line, with the commands."""
     rows = step_rows(work)
+    cut_yaml = out.parent / f"{CUT_NAME}.yaml"
     device = (work / "device.txt").read_text().strip() if (work / "device.txt").exists() else "?"
     parts = [
         "# GPU check: gpu-mini cut on Ray, torchrun on NCCL, MFU, fake-quant overhead",
@@ -114,7 +128,7 @@ def summary(work: Path, store: Path, out: Path) -> None:
         "",
         "## The gpu-mini cut through `compscale submit` on the embedded local Ray",
         "",
-        f"`{CUT_NAME}.yaml` below (`python benchmarks/gpu_check.py cut`): "
+        f"`{CUT_NAME}.yaml` (at the end; `python benchmarks/gpu_check.py cut`): "
         "`compscale submit`, its cells packed by the cut's `resources`, WSD ladders.",
         "",
         sweep_tables(store, out.parent / "cells.csv"),
@@ -126,7 +140,7 @@ def summary(work: Path, store: Path, out: Path) -> None:
         "## One cell under torchrun (world size 1, NCCL when CUDA is visible)",
         "",
         "```",
-        step_log(work, "train_cell", 12),
+        torchrun_log(work),
         "```",
         "",
         "## Throughput: run_cell vs bare loop, fake-quant step time over dense, MFU",
@@ -141,6 +155,12 @@ def summary(work: Path, store: Path, out: Path) -> None:
         "",
         "```",
         step_log(work, "formats_gpu", 6),
+        "```",
+        "",
+        f"## {CUT_NAME}.yaml",
+        "",
+        "```yaml",
+        cut_yaml.read_text().rstrip() if cut_yaml.exists() else "(not written)",
         "```",
         "",
     ]

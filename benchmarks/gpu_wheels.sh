@@ -3,8 +3,9 @@
 # pandas, pyarrow, scipy, pyyaml, rich, matplotlib, tabulate and tokenizers but no package index:
 # Ray (pinned in docker/RAY_VERSION) and what its core needs beyond those, pydantic and its parts.
 # Versions are the ones this venv runs the tests with; wheels are CPython 3.12, manylinux x86_64.
-# Ray's wheel is repacked without ray/jars/ (Java workers only, ~40% of it) and with its RECORD
-# fixed, so the folder plus the working tree fits the device tool's 64 MiB carry.
+# Ray's wheel is repacked without what compscale never imports (ray/jars/ for Java workers, ~40%
+# of it; RLlib, Serve, ray.llm and the dashboard's web client) and with its RECORD fixed, so the
+# folder plus the working tree fits the device tool's 64 MiB carry.
 #   benchmarks/gpu_wheels.sh [DIR]       # default: wheels/ (gitignored); prints the total size
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,22 +28,23 @@ done
 $python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d "$dir" "${pins[@]}"
 
-# Repack Ray without its jars; pip checks RECORD's hashes, so the jars' lines go from it too.
+# Repack Ray without those parts; pip checks RECORD's hashes, so their lines go from it too.
 $python - "$dir"/ray-*.whl <<'PY'
 import sys
 import zipfile
 from pathlib import Path
 
+unused = ("ray/jars/", "ray/rllib/", "ray/serve/", "ray/llm/", "ray/dashboard/client/")
 wheel = Path(sys.argv[1])
 stripped = wheel.with_suffix(".tmp")
 with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(stripped, "w", zipfile.ZIP_DEFLATED) as out:
     for item in source.infolist():
-        if item.filename.startswith("ray/jars/"):
+        if item.filename.startswith(unused):
             continue
         data = source.read(item)
         if item.filename.endswith(".dist-info/RECORD"):
             lines = data.decode().splitlines(keepends=True)
-            data = "".join(line for line in lines if not line.startswith("ray/jars/")).encode()
+            data = "".join(line for line in lines if not line.startswith(unused)).encode()
         out.writestr(item, data)
 stripped.replace(wheel)
 PY

@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=DEFAULT_FORMATS, help="or 'all'")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     parser.add_argument("--mfu-model", default="100m")
-    parser.add_argument("--mfu-batch", type=int, default=64)
+    parser.add_argument("--mfu-batch", type=int, nargs="+", default=[64], help="one MFU line each")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="override the bf16 peak")
     args = parser.parse_args()
 
@@ -150,24 +150,24 @@ def main() -> None:
         print(f"{fmt:<12} {rates[fmt]:>8,.0f}   {rates['dense'] / rates[fmt]:.2f}x")
 
     if cuda:
-        mfu_config = preset(args.mfu_model)
-        cell = bench_cell(
-            mfu_config, "dense", args.mfu_batch, args.steps, precision="bf16", compile=True
-        )
-        rate = run_cell_tokens_per_s(cell, args.warmup)
-        peak = args.peak_tflops * 1e12 or next(
-            (value for key, value in PEAK_BF16.items() if key in hardware), 0.0
-        )
-        achieved = rate * flops_per_token(mfu_config)
-        line = (
-            f"MFU {args.mfu_model} bf16 compiled, batch {args.mfu_batch}: {rate:,.0f} tok/s, "
-            f"{achieved / 1e12:.1f} TFLOP/s"
-        )
-        if peak:
-            line += f", {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s (target >= 50%)"
-        else:
-            line += " (unknown peak for this device: pass --peak-tflops)"
-        print(line)
+        for batch in args.mfu_batch:
+            print(mfu_line(args.mfu_model, batch, args, hardware))
+
+
+def mfu_line(model: str, batch: int, args: argparse.Namespace, hardware: str) -> str:
+    """Model FLOPs utilisation of run_cell on `model` in bf16, compiled, at `batch` sequences."""
+    config = preset(model)
+    cell = bench_cell(config, "dense", batch, args.steps, precision="bf16", compile=True)
+    rate = run_cell_tokens_per_s(cell, args.warmup)
+    peak = args.peak_tflops * 1e12 or next(
+        (value for key, value in PEAK_BF16.items() if key in hardware), 0.0
+    )
+    achieved = rate * flops_per_token(config)
+    line = f"MFU {model} bf16 compiled, batch {batch}: {rate:,.0f} tok/s, "
+    line += f"{achieved / 1e12:.1f} TFLOP/s"
+    if not peak:
+        return line + " (unknown peak for this device: pass --peak-tflops)"
+    return line + f", {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s (target >= 50%)"
 
 
 if __name__ == "__main__":

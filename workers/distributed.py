@@ -3,6 +3,8 @@
 Three ways in: no process group and no launcher variables (world size 1); a process group already
 set up by the caller (Ray Train); or torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR...), in
 which case we set the group up ourselves (gloo on CPU, NCCL on GPU) and take it down at the end.
+A launcher's world of one gets a group too, so a cell under `torchrun --nproc_per_node=1` runs
+the same DDP code, collectives included, as a larger world: the one way to try NCCL on one GPU.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ class Runtime:
     world_size: int
     device: torch.device
     owns_group: bool
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a process group joins this process to others (DDP and collectives)."""
+        return dist.is_initialized()
 
     @property
     def is_main(self) -> bool:
@@ -52,7 +59,8 @@ def init_runtime(world_size: int) -> Runtime:
     """Join (or start, under torchrun) the process group a cell of `world_size` runs in."""
     check_hostable(world_size)
     owns_group = False
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    if not dist.is_initialized() and launched:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
         owns_group = True

@@ -160,7 +160,7 @@ def evaluate(
         totals += torch.stack(
             [losses.double(), torch.tensor(chunk[:, 1:].numel(), device=totals.device)]
         )
-    if runtime.world_size > 1:
+    if runtime.distributed:
         dist.all_reduce(totals)
     return (totals[0] / totals[1]).item()
 
@@ -256,7 +256,7 @@ class Learner:
     ):
         self.model, self.optimizer, self.runtime = model, optimizer, runtime
         self.ddp: nn.Module = model
-        if runtime.world_size > 1:
+        if runtime.distributed:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(
                 model, device_ids=device_ids, broadcast_buffers=False
@@ -288,7 +288,7 @@ class Learner:
         grad_norm = nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.runtime.world_size > 1:
+        if self.runtime.distributed:
             dist.all_reduce(train_loss)
             train_loss /= self.runtime.world_size
         return train_loss, grad_norm
